@@ -1,0 +1,1 @@
+"""Datasets: readers for on-disk formats, records, and the built-in synthetic city."""

@@ -1,0 +1,53 @@
+"""Records: relabelling, split statistics and the hold-out split, against hand-computed answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vreid.data.records import Dataset, ImageRecord, hold_out_split, relabel, split_stats
+from vreid.errors import UnlabelledSplitError
+
+
+def rec(name: str, vid: str | None, cam: str | None = "c1", track: str | None = None) -> ImageRecord:
+    return ImageRecord(Path(name), vid, cam, track)
+
+
+def test_relabel_keeps_dataset_id_spaces_apart():
+    veri = [rec("a", "0001"), rec("b", "0005"), rec("c", "0001")]
+    syn = [rec("d", "0001"), rec("e", "0002")]
+    labels, mapping = relabel([veri, syn])
+    assert labels == [0, 1, 0, 2, 3]
+    assert mapping == {(0, "0001"): 0, (0, "0005"): 1, (1, "0001"): 2, (1, "0002"): 3}
+    with pytest.raises(UnlabelledSplitError):
+        relabel([[rec("x", None)]])
+
+
+def test_split_stats_counts_and_unlabelled():
+    records = [rec("a", "1", "c1", "t1"), rec("b", "1", "c2", "t1"), rec("c", "2", None, None)]
+    assert split_stats(records) == {"images": 3, "ids": 2, "cameras": 2, "tracks": 1}
+    assert split_stats([rec("a", None), rec("b", "1")])["ids"] is None
+
+
+def test_require_labels_names_the_split():
+    ds = Dataset("x", Path("/data/x"), {"query": [rec("a", None)], "gallery": [rec("b", "1")]})
+    assert ds.require_labels("gallery")[0].vehicle_id == "1"
+    with pytest.raises(UnlabelledSplitError, match=r"split 'query' of dataset 'x' has 1 of 1"):
+        ds.require_labels("query")
+    with pytest.raises(KeyError, match="has no split 'train'"):
+        ds["train"]
+
+
+def test_hold_out_never_picks_a_query_without_a_cross_camera_match():
+    # id 1: one camera only -> no query possible; id 2: cams c1 x1, c2 x1 -> exactly one query
+    records = [rec("a", "1", "c1"), rec("b", "1", "c1"), rec("c", "2", "c1"), rec("d", "2", "c2"),
+               rec("e", "3", "c1")]
+    for seed in range(10):
+        train, query, gallery = hold_out_split(records, num_ids=2, seed=seed, queries_per_id=2)
+        assert sorted(r.name for r in train + query + gallery) == list("abcde")
+        for q in query:
+            assert any(g.vehicle_id == q.vehicle_id and g.camera_id != q.camera_id for g in gallery)
+        assert len([q for q in query if q.vehicle_id == "2"]) <= 1
+    with pytest.raises(ValueError, match="num_ids"):
+        hold_out_split(records, num_ids=3)

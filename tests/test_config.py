@@ -1,0 +1,92 @@
+"""Configuration: _BASE_ inheritance, overrides, unknown keys with suggestions, saved config."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from vreid.config import load_config, save_config
+from vreid.errors import ConfigError
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path / "base.yml", "SEED: 5\nDATASETS:\n  ROOT_DIR: /a\n  TEST: veri776\n")
+    write(tmp_path / "mid" / "mid.yml", "_BASE_: ../base.yml\nDATASETS:\n  ROOT_DIR: /b\n")
+    child = write(tmp_path / "child.yml", "_BASE_: mid/mid.yml\nDATASETS:\n  TRAIN: [veri776, aic21_synthetic]\n")
+    cfg = load_config(child, ["DATASETS.LOCAL_SPLIT.NUM_IDS", "80", "SEED", "7"])
+    assert cfg.SEED == 7  # command line beats file beats base
+    assert cfg.DATASETS.ROOT_DIR == "/b"  # child's base beats grand-base
+    assert cfg.DATASETS.TEST == "veri776"  # inherited
+    assert cfg.DATASETS.TRAIN == ("veri776", "aic21_synthetic")
+    assert cfg.DATASETS.LOCAL_SPLIT.NUM_IDS == 80
+    assert cfg.is_frozen()
+
+
+def test_multiple_bases_later_wins(tmp_path):
+    write(tmp_path / "a.yml", "SEED: 1\nOUTPUT_DIR: a\n")
+    write(tmp_path / "b.yml", "SEED: 2\n")
+    cfg = load_config(write(tmp_path / "c.yml", "_BASE_: [a.yml, b.yml]\n"))
+    assert (cfg.SEED, cfg.OUTPUT_DIR) == (2, "a")
+
+
+def test_unknown_key_in_file_names_file_key_and_suggestion(tmp_path):
+    f = write(tmp_path / "bad.yml", "DATASETS:\n  ROOT_DIRS: /x\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml: unknown config key 'DATASETS\.ROOT_DIRS'.*DATASETS\.ROOT_DIR"):
+        load_config(f)
+
+
+def test_unknown_key_on_command_line_suggests_by_last_part():
+    with pytest.raises(ConfigError, match=r"command line: unknown config key 'SKIP_UNREADABLE'.*"
+                                          r"DATALOADER\.SKIP_UNREADABLE"):
+        load_config(None, ["SKIP_UNREADABLE", "True"])
+
+
+@pytest.mark.parametrize("opts, match", [
+    (["SEED"], "KEY VALUE pairs"),
+    (["SEED", "'abc'"], "SEED"),
+    (["DATASETS.TEST", "market"], r"DATASETS\.TEST: unknown dataset 'market'"),
+    (["DATASETS.TRAIN", "('veri776', 'nope')"], r"DATASETS\.TRAIN: unknown dataset 'nope'"),
+])
+def test_bad_overrides(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, opts)
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path / "x.yml", "SEED: [1\n"))
+    with pytest.raises(ConfigError, match="_BASE_ cycle"):
+        write(tmp_path / "p.yml", "_BASE_: q.yml\n")
+        load_config(write(tmp_path / "q.yml", "_BASE_: p.yml\n"))
+    with pytest.raises(ConfigError, match="named by _BASE_"):
+        load_config(write(tmp_path / "r.yml", "_BASE_: missing.yml\n"))
+    with pytest.raises(ConfigError, match="DATASETS is a section"):
+        load_config(write(tmp_path / "s.yml", "DATASETS: 3\n"))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["DATASETS.TEST", "vehicle2cam", "DATASETS.TEST_SPLIT", "val"])
+    path = save_config(cfg, tmp_path / "out")
+    again = load_config(path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["DATASETS"]["TEST_SPLIT"] == "val"
+
+
+def test_every_default_has_a_comment():
+    """Each option in config.py carries a one-line comment (on its line or the line above)."""
+    import inspect
+
+    import vreid.config as config_module
+
+    lines = inspect.getsource(config_module).splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("_C.") and "= CN()" not in line:
+            assert "#" in line or lines[i - 1].lstrip().startswith("#"), f"no comment: {line}"
