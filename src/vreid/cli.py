@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="render the built-in synthetic vehicle city (AIC21 layout)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--ids", type=int, default=40, help="real-like identities, half train, half test")
-    synth.add_argument("--sim-ids", type=int, default=None, help="sim-like (VehicleX-style) identities (default: --ids)")
+    synth.add_argument("--sim-ids", type=int, default=None, help="sim-like (VehicleX) identities (default: --ids)")
     synth.add_argument("--cameras", type=int, default=4, help="number of cameras")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     synth.add_argument("--min-frames", type=int, default=3, help="shortest tracklet")

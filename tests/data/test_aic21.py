@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_jpeg, write_label_xml, write_lines
 
+from conftest import write_jpeg, write_label_xml, write_lines
 from vreid.data.formats import aic21, load_dataset
 from vreid.errors import DatasetError, UnlabelledSplitError
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write_jpeg, write_lines
 
+from conftest import write_jpeg, write_lines
 from vreid.data.formats import folder, load_dataset
 from vreid.errors import DatasetError
 

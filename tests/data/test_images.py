@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_jpeg
 
+from conftest import write_jpeg
 from vreid.data.images import ImageDataset, SkipReport, collate_images, find_unreadable, read_image
 from vreid.data.records import ImageRecord
 from vreid.errors import DatasetError

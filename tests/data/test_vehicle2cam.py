@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_jpeg, write_lines
 
+from conftest import write_jpeg, write_lines
 from vreid.data.formats import load_dataset, vehicle2cam
 from vreid.errors import DatasetError
 

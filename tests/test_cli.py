@@ -1,0 +1,66 @@
+"""The `vreid` command as a user runs it: help, version, data summary, and exit codes on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from data.test_aic21 import make_real
+from vreid import __version__
+from vreid.cli import EXIT_BAD_INPUT, main
+
+
+def test_help_lists_subcommands_and_version():
+    out = subprocess.run([sys.executable, "-m", "vreid.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("data", "synth", "config"):
+        assert command in out.stdout
+    out = subprocess.run([sys.executable, "-m", "vreid.cli", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"vreid {__version__}"
+
+
+def test_summary_json_is_the_only_stdout(tmp_path, capsys):
+    make_real(tmp_path)
+    assert main(["data", "summary", "--dataset", "aic21", "--root", str(tmp_path), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats == {
+        "train": {"images": 6, "ids": 3, "cameras": 3, "tracks": 3},
+        "query": {"images": 2, "ids": None, "cameras": 2, "tracks": 0},
+        "gallery": {"images": 3, "ids": None, "cameras": 0, "tracks": 2},
+    }
+
+
+def test_summary_table_and_config_defaults(tmp_path, capsys):
+    make_real(tmp_path)
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"DATASETS:\n  TEST: aic21\n  ROOT_DIR: {tmp_path}\n")
+    assert main(["data", "summary", "--config-file", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "unlabelled split" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "summary", "--dataset", "aic21", "--root", "/no/such/dir"], "/no/such/dir: dataset root does not exist"),
+    (["data", "summary", "--dataset", "market1501", "--root", "."], "unknown dataset 'market1501'"),
+    (["data", "summary", "--dataset", "aic21", "--root", ".", "DATASETS.ROOT_DIRR", "x"], "DATASETS.ROOT_DIR"),
+])
+def test_bad_input_exits_non_zero_with_a_clear_message(argv, message, caplog):
+    assert main(argv) == EXIT_BAD_INPUT
+    assert message in caplog.text
+
+
+def test_verify_images_fails_on_a_corrupt_file(tmp_path, caplog):
+    base = make_real(tmp_path)
+    (base / "image_test" / "000002.jpg").write_bytes(b"garbage")
+    args = ["data", "summary", "--dataset", "aic21", "--root", str(tmp_path)]
+    assert main(args) == 0  # readers only check existence
+    assert main([*args, "--verify-images"]) == EXIT_BAD_INPUT
+    assert "image_test/000002.jpg: unreadable image" in caplog.text
+    assert "1 of 11 images cannot be decoded" in caplog.text
+
+
+def test_config_show_prints_resolved_config(capsys):
+    assert main(["config", "show", "SEED", "11"]) == 0
+    assert "SEED: 11" in capsys.readouterr().out
