@@ -64,3 +64,27 @@ def test_verify_images_fails_on_a_corrupt_file(tmp_path, caplog):
 def test_config_show_prints_resolved_config(capsys):
     assert main(["config", "show", "SEED", "11"]) == 0
     assert "SEED: 11" in capsys.readouterr().out
+
+
+def test_synth_then_summary_round_trip(tmp_path, capsys, caplog):
+    out = tmp_path / "city"
+    argv = ["synth", "--out", str(out), "--ids", "6", "--sim-ids", "4", "--cameras", "3", "--seed", "1",
+            "--min-frames", "2", "--max-frames", "3", "--preview"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    real = out / "AIC21_Track2_ReID"
+    assert main(["data", "summary", "--dataset", "aic21", "--root", str(out), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["train"]["ids"] == stats["gallery"]["ids"] == stats["query"]["ids"] == 3
+    assert stats["query"]["images"] == 3 * 2  # queries_per_id defaults to 2
+    for split, folder in (("train", "image_train"), ("query", "image_query"), ("gallery", "image_test")):
+        assert stats[split]["images"] == len(list((real / folder).iterdir()))
+    assert main(["data", "summary", "--dataset", "aic21_synthetic", "--root", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["ids"] == 4
+    assert (out / "preview.png").stat().st_size > 0
+    assert json.loads((out / "synth_options.json").read_text())["seed"] == 1
+    assert main(argv) == EXIT_BAD_INPUT  # refuses to overwrite without --overwrite
+    assert "AIC21_Track2_ReID" in caplog.text
+    assert main([*argv, "--overwrite"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "x"), "--ids", "1"]) == EXIT_BAD_INPUT
+    assert "num_ids" in caplog.text

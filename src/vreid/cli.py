@@ -7,6 +7,7 @@ for a bad option value) somewhere below; ``main`` logs its message and exits wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from vreid import __version__
 from vreid.errors import VreidError
+from vreid.fileio import atomic_write_text
 
 log = logging.getLogger("vreid")
 
@@ -87,6 +89,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     counts = generate_city(out, options, overwrite=args.overwrite)
+    # the options beside the data, so the same city can be rendered again
+    atomic_write_text(out / "synth_options.json",
+                      json.dumps({"vreid": __version__, **dataclasses.asdict(options), "counts": counts}, indent=2))
     log.info("wrote %s: %s", out, ", ".join(f"{k} {v}" for k, v in counts.items()))
     if args.preview:
         sheet = write_contact_sheet(out / "preview.png", options)
