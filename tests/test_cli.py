@@ -88,3 +88,12 @@ def test_synth_then_summary_round_trip(tmp_path, capsys, caplog):
     assert main([*argv, "--overwrite"]) == 0
     assert main(["synth", "--out", str(tmp_path / "x"), "--ids", "1"]) == EXIT_BAD_INPUT
     assert "num_ids" in caplog.text
+
+
+def test_model_summary_prints_blocks_embedding_and_flops(capsys):
+    assert main(["model", "summary", "--num-classes", "10", "MODEL.BACKBONE", "resnet18", "MODEL.LAST_STRIDE", "2",
+                 "INPUT.SIZE_TEST", "(224, 224)"]) == 0
+    out = capsys.readouterr().out
+    assert "backbone.layer4" in out and "classifier" in out and "5,120" in out  # 512 x 10 classifier
+    assert "embedding: 512-d" in out and "GFLOPs" in out
+    assert main(["model", "summary", "MODEL.BACKBONE", "nonsense_net"]) == EXIT_BAD_INPUT

@@ -90,3 +90,22 @@ def test_every_default_has_a_comment():
     for i, line in enumerate(lines):
         if line.startswith("_C.") and "= CN()" not in line:
             assert "#" in line or lines[i - 1].lstrip().startswith("#"), f"no comment: {line}"
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))
+    assert len(configs) >= 8
+    for path in configs:
+        load_config(path)  # raises on any unknown key or bad value
+
+
+def test_every_option_is_documented():
+    from pathlib import Path
+
+    from vreid.config import _flat_keys, get_defaults
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [k for k in _flat_keys(get_defaults()) if f"`{k}`" not in doc]
+    assert not missing, f"options missing from docs/configuration.md: {missing}"

@@ -99,6 +99,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_summary(args: argparse.Namespace) -> int:
+    from vreid.models import build_model
+    from vreid.models.summary import format_summary
+
+    cfg = _config(args)
+    model = build_model(cfg, args.num_classes)
+    height, width = cfg.INPUT.SIZE_TEST
+    print(f"{cfg.MODEL.BACKBONE} (head {cfg.MODEL.HEAD.NAME}, {args.num_classes} classes)")
+    print(format_summary(model, height, width))
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(_config(args).dump(), end="")
     return 0
@@ -133,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--preview", action="store_true", help="also write OUT/preview.png, a contact sheet")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     synth.set_defaults(func=cmd_synth)
+
+    model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
+    msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")
+    msummary.add_argument("--num-classes", type=int, default=440,
+                          help="training classes for the classifier (default 440, AIC21's training ids)")
+    _add_config_args(msummary)
+    msummary.set_defaults(func=cmd_model_summary)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     show = config.add_parser("show", help="print the resolved config (defaults <- file <- overrides)")

@@ -38,8 +38,66 @@ _C.DATASETS.LOCAL_SPLIT = CN()
 _C.DATASETS.LOCAL_SPLIT.NUM_IDS = 0  # >0: hold out this many training ids as a labelled query/gallery
 _C.DATASETS.LOCAL_SPLIT.QUERIES_PER_ID = 2  # queries per held-out id, each from a different camera
 
+_C.DATASETS.LABEL = "vehicle"  # what a class is: vehicle (ReID), orientation (Ori-ReID) or camera (Cam-ReID)
+_C.DATASETS.ORIENTATION_BIN = 10.0  # degrees per orientation class (paper: 36 bins of 10 degrees)
+
 _C.DATALOADER = CN()
 _C.DATALOADER.SKIP_UNREADABLE = False  # skip (count and report) images that fail to decode, instead of stopping
+
+_C.INPUT = CN()
+_C.INPUT.SIZE_TEST = (320, 320)  # (height, width) of test images; the paper uses 320x320
+
+_C.MODEL = CN()
+_C.MODEL.BACKBONE = "resnet50_ibn_a"  # resnet50_ibn_a | resnet101_ibn_a | resnext101_ibn_a | any torchvision name
+_C.MODEL.LAST_STRIDE = 1  # stride of the last stage: 1 doubles the feature map (paper), 2 is ImageNet's
+_C.MODEL.PRETRAIN_PATH = ""  # local ImageNet weights file for the backbone ("" = random init); never downloaded
+_C.MODEL.POOLING = "gem"  # gem | avg | max
+_C.MODEL.GEM = CN()
+_C.MODEL.GEM.P = 3.0  # GeM exponent (paper: 3, fixed)
+_C.MODEL.GEM.LEARNABLE = False  # learn p instead of fixing it
+_C.MODEL.MIXSTYLE = CN()
+_C.MODEL.MIXSTYLE.ENABLED = False  # MixStyle in training (the paper's main model: on)
+_C.MODEL.MIXSTYLE.P = 0.5  # probability of mixing, per batch and position
+_C.MODEL.MIXSTYLE.ALPHA = 0.1  # Beta(alpha, alpha) for the mixing weight
+_C.MODEL.MIXSTYLE.AFTER = (1, 2)  # insert after these backbone stages (1-based)
+_C.MODEL.MIXSTYLE.MIX = "random"  # partner: random (shuffle) or domain (a sample of the other domain)
+_C.MODEL.HEAD = CN()
+_C.MODEL.HEAD.NAME = "none"  # none | multihead (GroupFace-style multi-head with attention)
+_C.MODEL.HEAD.GROUPS = 32  # number of group heads G
+_C.MODEL.HEAD.DIM = 0  # output width of the heads (0 = the backbone's channels)
+_C.MODEL.HEAD.GDN_HIDDEN = 256  # hidden width of the group decision network
+_C.MODEL.HEAD.RANK = 0  # 0 = full group FCs (paper, ~134M params); r > 0 = rank-r group FCs (light)
+_C.MODEL.NECK_FEAT = "after"  # test-time embedding: after or before the BNNeck
+_C.MODEL.CLASSIFIER = CN()
+_C.MODEL.CLASSIFIER.NAME = "linear"  # linear (paper) | arcface | cosface | circle (official config)
+_C.MODEL.CLASSIFIER.SCALE = 64.0  # logit scale s of the margin classifiers
+_C.MODEL.CLASSIFIER.MARGIN = 0.35  # margin m of the margin classifiers
+
+_C.LOSSES = CN()
+_C.LOSSES.NAMES = ("ce", "supcon")  # any of ce, triplet, supcon, circle (paper: ce + supcon)
+_C.LOSSES.METRIC_FEAT = "before"  # metric losses on the feature before (BoT) or after (official) the BNNeck
+_C.LOSSES.CE = CN()
+_C.LOSSES.CE.EPSILON = 0.1  # label smoothing (paper Eq. 4-5); 0 = plain cross-entropy
+_C.LOSSES.CE.WEIGHT = 1.0  # fixed weight (the starting ID weight under MALW)
+_C.LOSSES.TRIPLET = CN()
+_C.LOSSES.TRIPLET.MARGIN = 0.3  # batch-hard margin; 0 = soft margin
+_C.LOSSES.TRIPLET.NORMALIZE = False  # L2-normalise features first
+_C.LOSSES.TRIPLET.WEIGHT = 1.0  # fixed weight
+_C.LOSSES.SUPCON = CN()
+_C.LOSSES.SUPCON.TEMPERATURE = 0.07  # tau (paper)
+_C.LOSSES.SUPCON.NORMALIZE = True  # L2-normalise (standard SupCon); False = the official un-normalised version
+_C.LOSSES.SUPCON.WEIGHT = 1.0  # fixed weight
+_C.LOSSES.CIRCLE = CN()
+_C.LOSSES.CIRCLE.MARGIN = 0.25  # relaxation margin m
+_C.LOSSES.CIRCLE.GAMMA = 128.0  # scale gamma
+_C.LOSSES.CIRCLE.WEIGHT = 1.0  # fixed weight
+_C.LOSSES.GROUP_WEIGHT = 0.0  # GroupFace group loss on the multi-head's self-distributed labels (0 = off)
+_C.LOSSES.MALW = CN()
+_C.LOSSES.MALW.ENABLED = True  # adapt the ID weight against the metric losses (paper Algorithm 1)
+_C.LOSSES.MALW.INTERVAL = 500  # K: iterations between updates
+_C.LOSSES.MALW.MOMENTUM = 0.9  # alpha
+_C.LOSSES.MALW.RECORD = "raw"  # record raw (official code) or weighted (paper text) losses
+_C.LOSSES.MALW.UPDATE = "convex"  # convex: a*w + (1-a)*r (ours); paper: a*w + r (as printed)
 
 
 def get_defaults() -> CN:
@@ -130,9 +188,22 @@ def merge_overrides(cfg: CN, opts: Sequence[str]) -> None:
         raise ConfigError(f"command line: {exc}") from None
 
 
+def _get(cfg: CN, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def validate(cfg: CN) -> None:
     """Check values that have a fixed set of choices, naming the key."""
     from vreid.data.formats import DATASET_NAMES
+    from vreid.data.records import LABEL_KINDS
+    from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
+    from vreid.losses.malw import RECORD_MODES, UPDATE_RULES
+    from vreid.models.build import HEADS, NECK_FEATS
+    from vreid.models.classifiers import CLASSIFIERS
+    from vreid.models.layers import MIX_DOMAIN, MIX_RANDOM, POOLINGS
 
     for name in cfg.DATASETS.TRAIN:
         if name not in DATASET_NAMES:
@@ -140,6 +211,26 @@ def validate(cfg: CN) -> None:
     if cfg.DATASETS.TEST not in DATASET_NAMES:
         raise ConfigError(f"DATASETS.TEST: unknown dataset {cfg.DATASETS.TEST!r}; "
                           f"choose from {', '.join(DATASET_NAMES)}")
+    choices = {
+        "DATASETS.LABEL": LABEL_KINDS,
+        "MODEL.POOLING": tuple(POOLINGS),
+        "MODEL.MIXSTYLE.MIX": (MIX_RANDOM, MIX_DOMAIN),
+        "MODEL.HEAD.NAME": HEADS,
+        "MODEL.NECK_FEAT": NECK_FEATS,
+        "MODEL.CLASSIFIER.NAME": tuple(CLASSIFIERS),
+        "LOSSES.METRIC_FEAT": tuple(FEATURE_KEYS),
+        "LOSSES.MALW.RECORD": RECORD_MODES,
+        "LOSSES.MALW.UPDATE": UPDATE_RULES,
+    }
+    for key, allowed in choices.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    for name in cfg.LOSSES.NAMES:
+        if name not in LOSS_NAMES:
+            raise ConfigError(f"LOSSES.NAMES: unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+    if cfg.MODEL.LAST_STRIDE not in (1, 2):
+        raise ConfigError(f"MODEL.LAST_STRIDE must be 1 or 2, got {cfg.MODEL.LAST_STRIDE}")
     if cfg.DATASETS.LOCAL_SPLIT.NUM_IDS < 0:
         raise ConfigError("DATASETS.LOCAL_SPLIT.NUM_IDS must be >= 0")
     if cfg.DATASETS.LOCAL_SPLIT.QUERIES_PER_ID < 1:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vreid.data.records import Dataset, ImageRecord, hold_out_split, relabel, split_stats
+from vreid.data.records import Dataset, ImageRecord, class_key, hold_out_split, relabel, split_stats
 from vreid.errors import UnlabelledSplitError
 
 
@@ -51,3 +51,18 @@ def test_hold_out_never_picks_a_query_without_a_cross_camera_match():
         assert len([q for q in query if q.vehicle_id == "2"]) <= 1
     with pytest.raises(ValueError, match="num_ids"):
         hold_out_split(records, num_ids=3)
+
+
+def test_orientation_and_camera_labels_use_the_same_relabelling():
+    records = [ImageRecord(Path(n), "1", cam, orientation=o) for n, cam, o in
+               [("a", "c1", 0.0), ("b", "c2", 9.99), ("c", "c1", 10.0), ("d", "c3", 359.9), ("e", "c2", 365.0)]]
+    assert [class_key(r, "orientation") for r in records] == ["0", "0", "1", "35", "0"]
+    assert [class_key(r, "orientation", orientation_bin=90.0) for r in records] == ["0", "0", "0", "3", "0"]
+    labels, _ = relabel([records], label="orientation")
+    assert labels == [0, 0, 1, 2, 0]
+    labels, _ = relabel([records], label="camera")
+    assert labels == [0, 1, 0, 2, 1]
+    with pytest.raises(UnlabelledSplitError, match="no orientation label"):
+        class_key(rec("z", "1"), "orientation")
+    with pytest.raises(ValueError, match="label must be one of"):
+        class_key(records[0], "colour")

@@ -110,21 +110,43 @@ def summarize(dataset: Dataset) -> dict[str, dict[str, int | None]]:
     return {name: split_stats(records) for name, records in dataset.splits.items()}
 
 
-def relabel(groups: Sequence[Sequence[ImageRecord]]) -> tuple[list[int], dict[tuple[int, str], int]]:
-    """Map vehicle ids to contiguous class indices 0..N-1.
+LABEL_KINDS = ("vehicle", "orientation", "camera")
+
+
+def class_key(record: ImageRecord, label: str = "vehicle", orientation_bin: float = 10.0) -> str:
+    """What makes a class: the vehicle (ReID), the orientation bin (Ori-ReID) or the camera (Cam-ReID).
+
+    The orientation- and camera-ReID models of the paper are the same network trained on these
+    other labels; bins are ``floor(orientation / orientation_bin)`` (36 bins of 10 degrees).
+    """
+    if label == "vehicle":
+        value = record.vehicle_id
+    elif label == "camera":
+        value = record.camera_id
+    elif label == "orientation":
+        value = None if record.orientation is None else str(int((record.orientation % 360.0) // orientation_bin))
+    else:
+        raise ValueError(f"label must be one of {LABEL_KINDS}, got {label!r}")
+    if value is None:
+        raise UnlabelledSplitError(f"image has no {label} label, so it cannot train a {label} model", path=record.path)
+    return value
+
+
+def relabel(
+    groups: Sequence[Sequence[ImageRecord]], label: str = "vehicle", orientation_bin: float = 10.0
+) -> tuple[list[int], dict[tuple[int, str], int]]:
+    """Map class keys (see :func:`class_key`) to contiguous class indices 0..N-1.
 
     Each group (one training dataset) gets its own id space, so "0001" of VeRi-776 and "0001" of
-    VehicleX are different classes. Classes are numbered in order of first appearance, which is
-    deterministic for a given reader output. Returns the label of every record (groups
-    concatenated) and the mapping ``(group index, vehicle id) -> class``.
+    VehicleX are different classes (orientation bins, too, stay per dataset). Classes are numbered
+    in order of first appearance, which is deterministic for a given reader output. Returns the
+    label of every record (groups concatenated) and the mapping ``(group index, key) -> class``.
     """
     mapping: dict[tuple[int, str], int] = {}
     labels: list[int] = []
     for gi, records in enumerate(groups):
         for r in records:
-            if r.vehicle_id is None:
-                raise UnlabelledSplitError(f"cannot train on an unlabelled image: {r.path}", path=r.path)
-            key = (gi, r.vehicle_id)
+            key = (gi, class_key(r, label, orientation_bin))
             if key not in mapping:
                 mapping[key] = len(mapping)
             labels.append(mapping[key])

@@ -1,0 +1,108 @@
+"""The whole ReID network, and the one place that maps the config onto its parts.
+
+backbone -> (MixStyle after chosen stages, training only) -> pooling -> [multi-head] -> BNNeck ->
+classifier. Every part takes explicit arguments and can be built without a config;
+:func:`build_model` is the only function that reads ``cfg.MODEL``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vreid.models.backbones import create_backbone
+from vreid.models.classifiers import CLASSIFIERS
+from vreid.models.heads import BNNeck, MultiHeadAttention
+from vreid.models.layers import POOLINGS, MixStyle
+
+log = logging.getLogger(__name__)
+
+NECK_FEATS = ("before", "after")
+HEADS = ("none", "multihead")
+
+
+class ReIDNet(nn.Module):
+    """Images -> embedding (eval) or everything the losses need (train).
+
+    Eval: returns the embedding, after the BNNeck (``neck_feat="after"``, the paper) or before it.
+    Train: returns a dict with ``logits``, ``features`` (before the BNNeck), ``bn_features`` (after
+    it) and, with the multi-head, ``group_logits``/``group_labels`` for the optional group loss.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        pool: nn.Module,
+        neck: BNNeck,
+        classifier: nn.Module | None,
+        head: MultiHeadAttention | None = None,
+        mixstyle: MixStyle | None = None,
+        mixstyle_after: Sequence[int] = (1, 2),
+        neck_feat: str = "after",
+    ):
+        super().__init__()
+        if neck_feat not in NECK_FEATS:
+            raise ValueError(f"neck_feat must be one of {NECK_FEATS}, got {neck_feat!r}")
+        self.backbone, self.pool, self.head, self.neck, self.classifier = backbone, pool, head, neck, classifier
+        self.neck_feat = neck_feat
+        self.mixstyle = mixstyle
+        self._domains: torch.Tensor | None = None
+        if mixstyle is not None:
+            stages = dict(backbone.named_modules())
+            names = backbone.stage_names
+            for k in mixstyle_after:
+                if not 1 <= k < len(names):
+                    raise ValueError(f"MixStyle position {k}: the backbone has stages 1..{len(names)} and "
+                                     f"MixStyle goes after one of 1..{len(names) - 1}")
+                stages[names[k - 1]].register_forward_hook(self._mix_hook)
+
+    def _mix_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.mixstyle(output, self._domains)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.neck.bn.num_features
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                domains: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        self._domains = domains
+        try:
+            fmap = self.backbone(images)
+        finally:
+            self._domains = None
+        features = self.pool(fmap).flatten(1)
+        out: dict[str, torch.Tensor] = {}
+        if self.head is not None:
+            out = self.head(features)
+            features = out["features"]
+        bn_features = self.neck(features)
+        if not self.training:
+            return bn_features if self.neck_feat == "after" else features
+        out.update(features=features, bn_features=bn_features)
+        if self.classifier is not None:
+            out["logits"] = self.classifier(bn_features, labels)
+        return out
+
+
+def build_model(cfg, num_classes: int) -> ReIDNet:
+    """The network described by ``cfg.MODEL`` with ``num_classes`` training classes (0: no classifier)."""
+    m = cfg.MODEL
+    backbone = create_backbone(m.BACKBONE, last_stride=m.LAST_STRIDE, pretrained_path=m.PRETRAIN_PATH or None)
+    dim = backbone.out_channels
+    pool = POOLINGS[m.POOLING](p=m.GEM.P, learnable=m.GEM.LEARNABLE)
+    head = None
+    if m.HEAD.NAME == "multihead":
+        out_dim = m.HEAD.DIM or dim
+        head = MultiHeadAttention(dim, out_dim, m.HEAD.GROUPS, m.HEAD.GDN_HIDDEN, m.HEAD.RANK)
+        dim = out_dim
+    classifier = None
+    if num_classes > 0:
+        c = m.CLASSIFIER
+        classifier = CLASSIFIERS[c.NAME](dim, num_classes, scale=c.SCALE, margin=c.MARGIN)
+    mixstyle = None
+    if m.MIXSTYLE.ENABLED:
+        mixstyle = MixStyle(p=m.MIXSTYLE.P, alpha=m.MIXSTYLE.ALPHA, mix=m.MIXSTYLE.MIX)
+    return ReIDNet(backbone, pool, BNNeck(dim), classifier, head, mixstyle, m.MIXSTYLE.AFTER, m.NECK_FEAT)
