@@ -111,6 +111,20 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from vreid.engine.trainer import train
+
+    train(_config(args), resume=args.resume)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from vreid.engine.tester import run_test
+
+    run_test(_config(args))
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(_config(args).dump(), end="")
     return 0
@@ -145,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--preview", action="store_true", help="also write OUT/preview.png, a contact sheet")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     synth.set_defaults(func=cmd_synth)
+
+    train = sub.add_parser("train", help="train a model (OUTPUT_DIR gets config, logs, checkpoints, weights)")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pth")
+    _add_config_args(train, required=True)
+    train.set_defaults(func=cmd_train)
+
+    test = sub.add_parser("test", help="evaluate TEST.WEIGHT on the test query/gallery; writes metrics.json")
+    _add_config_args(test, required=True)
+    test.set_defaults(func=cmd_test)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

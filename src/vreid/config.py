@@ -38,14 +38,37 @@ _C.DATASETS.LOCAL_SPLIT = CN()
 _C.DATASETS.LOCAL_SPLIT.NUM_IDS = 0  # >0: hold out this many training ids as a labelled query/gallery
 _C.DATASETS.LOCAL_SPLIT.QUERIES_PER_ID = 2  # queries per held-out id, each from a different camera
 
+_C.DATASETS.VAL_IDS = 0  # hold out this many training ids as the validation set that picks the best checkpoint
 _C.DATASETS.LABEL = "vehicle"  # what a class is: vehicle (ReID), orientation (Ori-ReID) or camera (Cam-ReID)
 _C.DATASETS.ORIENTATION_BIN = 10.0  # degrees per orientation class (paper: 36 bins of 10 degrees)
 
 _C.DATALOADER = CN()
 _C.DATALOADER.SKIP_UNREADABLE = False  # skip (count and report) images that fail to decode, instead of stopping
 
+_C.DATALOADER.SAMPLER = "pk"  # pk (P ids x K images), pk_domain (real and synthetic ids in fixed halves), random
+_C.DATALOADER.NUM_INSTANCE = 8  # K: images per identity in a P x K batch (paper: 8)
+_C.DATALOADER.NUM_WORKERS = 2  # loader processes per training process
+
 _C.INPUT = CN()
+_C.INPUT.SIZE_TRAIN = (320, 320)  # (height, width) of training images; the paper uses 320x320
 _C.INPUT.SIZE_TEST = (320, 320)  # (height, width) of test images; the paper uses 320x320
+_C.INPUT.PIXEL_MEAN = (0.485, 0.456, 0.406)  # normalisation mean (ImageNet, RGB in [0, 1])
+_C.INPUT.PIXEL_STD = (0.229, 0.224, 0.225)  # normalisation std
+_C.INPUT.FLIP_PROB = 0.5  # horizontal flip (0 for orientation models: a flip changes the orientation)
+_C.INPUT.PADDING = 10  # zero padding before a random crop back to SIZE_TRAIN (0 = no pad-and-crop)
+_C.INPUT.COLOR_JITTER = CN()
+_C.INPUT.COLOR_JITTER.PROB = 0.25  # probability of colour jitter
+_C.INPUT.COLOR_JITTER.BRIGHTNESS = 0.2  # brightness factor range (1 +- b)
+_C.INPUT.COLOR_JITTER.CONTRAST = 0.15  # contrast factor range
+_C.INPUT.COLOR_JITTER.SATURATION = 0.0  # saturation factor range
+_C.INPUT.COLOR_JITTER.HUE = 0.0  # hue shift range
+_C.INPUT.AUGMIX_PROB = 0.25  # probability of AugMix (severity 1, width 3, depth 1, as the official code)
+_C.INPUT.RANDOM_PATCH_PROB = 0.25  # probability of pasting a patch cut from an earlier image (occlusion)
+_C.INPUT.BLUR_PROB = 0.25  # probability of a 5x5 Gaussian blur, sigma 1.3
+_C.INPUT.ERASING = CN()
+_C.INPUT.ERASING.PROB = 0.5  # probability of random erasing
+_C.INPUT.ERASING.MAX_AREA = 0.4  # largest erased fraction of the image
+_C.INPUT.ERASING.VALUE = "random"  # fill: random (per-pixel noise), zero (the mean after normalisation)
 
 _C.MODEL = CN()
 _C.MODEL.BACKBONE = "resnet50_ibn_a"  # resnet50_ibn_a | resnet101_ibn_a | resnext101_ibn_a | any torchvision name
@@ -72,6 +95,38 @@ _C.MODEL.CLASSIFIER = CN()
 _C.MODEL.CLASSIFIER.NAME = "linear"  # linear (paper) | arcface | cosface | circle (official config)
 _C.MODEL.CLASSIFIER.SCALE = 64.0  # logit scale s of the margin classifiers
 _C.MODEL.CLASSIFIER.MARGIN = 0.35  # margin m of the margin classifiers
+
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "adam"  # adam (paper) | sgd (momentum 0.9, nesterov)
+_C.SOLVER.BASE_LR = 3.5e-4  # learning rate after warm-up (paper: 3.5e-4 with Adam)
+_C.SOLVER.HEAD_LR_FACTOR = 1.0  # learning-rate multiplier for everything but the backbone
+_C.SOLVER.WEIGHT_DECAY = 5e-4  # L2 weight decay of weights
+_C.SOLVER.WEIGHT_DECAY_NORM_BIAS = 0.0  # weight decay of biases and norm-layer parameters
+_C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+_C.SOLVER.IMS_PER_BATCH = 64  # global batch size, over all processes (paper: 128 = 16 ids x 8)
+_C.SOLVER.MAX_EPOCHS = 12  # training length (paper: 12)
+_C.SOLVER.SCHEDULER = "cosine"  # cosine | cosine_step (the official: cosine, then x GAMMA per epoch) | step
+_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed; per iteration)
+_C.SOLVER.WARMUP_FACTOR = 0.01  # warm-up starts at BASE_LR x this
+_C.SOLVER.ETA_MIN_LR = 0.0  # cosine floor
+_C.SOLVER.STEPS = (40, 70)  # step: epochs at which the lr is multiplied by GAMMA
+_C.SOLVER.GAMMA = 0.1  # step / cosine_step decay factor (the official cosine_step uses 0.3)
+_C.SOLVER.STEP_TAIL_EPOCHS = 2  # cosine_step: the last epochs that decay by GAMMA each
+_C.SOLVER.FREEZE_BACKBONE_EPOCHS = 0  # train only the head for this many first epochs (paper: 1), BN stats frozen
+_C.SOLVER.CLIP_GRAD_NORM = 0.0  # clip the global gradient norm to this (0 = off)
+_C.SOLVER.EMA_DECAY = 0.0  # exponential moving average of the weights (0 = off; e.g. 0.999)
+_C.SOLVER.AMP = "off"  # mixed precision: off | bf16 (CPU or GPU) | fp16 (GPU, with loss scaling)
+_C.SOLVER.CHANNELS_LAST = True  # channels-last memory format (faster convolutions on CPU and GPU)
+_C.SOLVER.LOG_PERIOD = 20  # iterations between log lines
+_C.SOLVER.CHECKPOINT_ITERS = 200  # also checkpoint every this many iterations inside an epoch (0 = epoch ends only)
+_C.SOLVER.EVAL_PERIOD = 1  # epochs between validation runs (0 = only after the last epoch)
+
+_C.TEST = CN()
+_C.TEST.WEIGHT = ""  # trained weights for test/extract (a model_final.pth or a checkpoint)
+_C.TEST.IMS_PER_BATCH = 64  # batch size of feature extraction
+_C.TEST.FLIP = False  # average the features of the image and its mirror image
+_C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | cosine
+_C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
 
 _C.LOSSES = CN()
 _C.LOSSES.NAMES = ("ce", "supcon")  # any of ce, triplet, supcon, circle (paper: ce + supcon)
@@ -221,6 +276,12 @@ def validate(cfg: CN) -> None:
         "LOSSES.METRIC_FEAT": tuple(FEATURE_KEYS),
         "LOSSES.MALW.RECORD": RECORD_MODES,
         "LOSSES.MALW.UPDATE": UPDATE_RULES,
+        "SOLVER.OPTIMIZER": ("adam", "sgd"),
+        "SOLVER.SCHEDULER": ("cosine", "cosine_step", "step"),
+        "SOLVER.AMP": ("off", "bf16", "fp16"),
+        "TEST.METRIC": ("euclidean", "cosine"),
+        "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
+        "INPUT.ERASING.VALUE": ("random", "zero"),
     }
     for key, allowed in choices.items():
         value = _get(cfg, key)
@@ -229,6 +290,9 @@ def validate(cfg: CN) -> None:
     for name in cfg.LOSSES.NAMES:
         if name not in LOSS_NAMES:
             raise ConfigError(f"LOSSES.NAMES: unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+    if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE and cfg.DATALOADER.SAMPLER != "random":
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
+                          f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE}) for the P x K sampler")
     if cfg.MODEL.LAST_STRIDE not in (1, 2):
         raise ConfigError(f"MODEL.LAST_STRIDE must be 1 or 2, got {cfg.MODEL.LAST_STRIDE}")
     if cfg.DATASETS.LOCAL_SPLIT.NUM_IDS < 0:

@@ -105,3 +105,23 @@ def test_summary_counts_and_flops_against_independent_numbers():
     # FLOPs of resnet18 at 224 are ~1.82 GMACs (published figure); ours adds only pooling/BN/FC
     flops = count_flops(model, 224, 224)
     assert 3.5e9 < flops < 3.8e9
+
+
+def test_frozen_backbone_gets_no_gradient_and_keeps_its_bn_statistics():
+    cfg = load_config(None, ["MODEL.BACKBONE", "resnet18", "MODEL.MIXSTYLE.ENABLED", "True", "MODEL.MIXSTYLE.P", "1.0"])
+    model = build_model(cfg, 3).train()
+    model.freeze_backbone(True)
+    bn = model.backbone.bn1
+    before = bn.running_mean.clone()
+    out = model(torch.rand(4, 3, 64, 64), labels=torch.tensor([0, 1, 2, 0]))
+    out["logits"].sum().backward()
+    assert torch.equal(bn.running_mean, before)  # BN statistics frozen (the official code forgets this)
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.classifier.weight.grad is not None and not model.mixstyle.training
+    model.eval()
+    model.train()  # going back to training keeps the backbone frozen
+    assert not model.backbone.training and model.neck.training
+    model.freeze_backbone(False)
+    assert model.backbone.training and model.mixstyle.training
+    model(torch.rand(4, 3, 64, 64))
+    assert not torch.equal(bn.running_mean, before)

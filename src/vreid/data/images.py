@@ -79,13 +79,19 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate_images(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the readable samples; list the skipped ones (a batch may shrink, never crash)."""
+    """Stack the readable samples; list the skipped ones (a batch may shrink, never crash).
+
+    ``image`` is stacked (tensors) or kept as a list (PIL images); every other field becomes a tensor.
+    """
     good = [b for b in batch if "skipped" not in b]
-    skipped = [b["skipped"] for b in batch if "skipped" in b]
-    out: dict[str, Any] = {"index": torch.tensor([b["index"] for b in good], dtype=torch.long),
-                           "skipped": skipped}
-    images = [b["image"] for b in good]
-    out["image"] = torch.stack(images) if images and isinstance(images[0], torch.Tensor) else images
+    out: dict[str, Any] = {"skipped": [b["skipped"] for b in batch if "skipped" in b]}
+    keys = good[0].keys() if good else ("image", "index")
+    for key in keys:
+        values = [b[key] for b in good]
+        if key == "image":
+            out[key] = torch.stack(values) if values and isinstance(values[0], torch.Tensor) else values
+        else:
+            out[key] = torch.tensor(values, dtype=torch.long)
     return out
 
 

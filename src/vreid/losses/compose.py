@@ -9,7 +9,7 @@ only function here that reads the config.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ class ReIDCriterion(nn.Module):
         self.malw = malw if id_loss is not None and metric_losses else None
         self.feature_key = FEATURE_KEYS[metric_feat]
         self.group_weight = group_weight
+        # Under DDP the trainer sets this to an all-reduce mean, so MALW sees the same losses on every rank.
+        self.reduce_scalars: Callable[[list[float]], list[float]] = lambda values: values
 
     def forward(
         self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor
@@ -69,7 +71,8 @@ class ReIDCriterion(nn.Module):
             metric_term = weighted if metric_term is None else metric_term + weighted
         w_id, w_metric = self.id_weight, 1.0
         if self.malw is not None:
-            w_id, w_metric = self.malw.step(parts["ce"], float(metric_term.detach()))
+            id_value, metric_value = self.reduce_scalars([parts["ce"], float(metric_term.detach())])
+            w_id, w_metric = self.malw.step(id_value, metric_value)
             parts["id_weight"] = w_id
         total = sum(w * t for w, t in ((w_id, id_term), (w_metric, metric_term)) if t is not None)
         if self.group_weight and "group_logits" in outputs:

@@ -49,6 +49,7 @@ class ReIDNet(nn.Module):
         self.backbone, self.pool, self.head, self.neck, self.classifier = backbone, pool, head, neck, classifier
         self.neck_feat = neck_feat
         self.mixstyle = mixstyle
+        self.backbone_frozen = False
         self._domains: torch.Tensor | None = None
         if mixstyle is not None:
             stages = dict(backbone.named_modules())
@@ -62,6 +63,23 @@ class ReIDNet(nn.Module):
     def _mix_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         return self.mixstyle(output, self._domains)
 
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Train only what follows the backbone: no backbone gradients, BN statistics and MixStyle frozen.
+
+        The official code freezes the weights but keeps the backbone's BatchNorm statistics updating
+        and MixStyle running (method.md 3.4); here the backbone is fully in eval mode while frozen.
+        """
+        self.backbone_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ReIDNet:
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            self.backbone.eval()
+            if self.mixstyle is not None:
+                self.mixstyle.eval()
+        return self
+
     @property
     def embedding_dim(self) -> int:
         return self.neck.bn.num_features
@@ -70,7 +88,8 @@ class ReIDNet(nn.Module):
                 domains: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         self._domains = domains
         try:
-            fmap = self.backbone(images)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+                fmap = self.backbone(images)
         finally:
             self._domains = None
         features = self.pool(fmap).flatten(1)

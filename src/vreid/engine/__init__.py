@@ -1,0 +1,1 @@
+"""Training and inference: the loop, checkpoints, schedules, feature extraction, distributed set-up."""

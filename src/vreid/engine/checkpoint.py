@@ -1,0 +1,76 @@
+"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so that
+``torch.load(weights_only=True)`` reads it: model, optimizer, AMP scaler, loss-weight (MALW) and EMA
+states, the position (epoch, batch) and the RNG states needed to continue exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vreid.errors import VreidError
+from vreid.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Serialise to memory, then write to a temporary file and rename: a kill leaves the old file intact."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise VreidError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise VreidError(f"{path}: not a readable vreid checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights in a final-weights file (plain state_dict), a training checkpoint or safetensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = load_checkpoint(path)
+    if "model" in state and isinstance(state["model"], dict):
+        return state["model"]
+    return state
+
+
+def save_final_weights(state_dict: dict[str, torch.Tensor], out_dir: Path) -> tuple[Path, Path]:
+    """``model_final.pth`` (plain state_dict) and ``model_final.safetensors`` beside it."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    pth = save_checkpoint(tensors, out_dir / "model_final.pth")
+    st = atomic_write_bytes(out_dir / "model_final.safetensors", save(tensors))
+    return pth, st

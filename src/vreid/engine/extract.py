@@ -1,0 +1,106 @@
+"""Feature extraction: records -> a FeatureSet that can be saved and used without the model.
+
+Everything after extraction (distances, re-ranking, metrics, submissions) works on FeatureSets, so
+post-processing never needs the model or a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vreid.data.images import ImageDataset, collate_images
+from vreid.data.records import ImageRecord
+from vreid.errors import VreidError
+from vreid.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSet:
+    """Embeddings of a list of images with what is known about each image.
+
+    Ids, cameras and tracks are strings ("" where unknown), paths as strings.
+    """
+
+    features: np.ndarray
+    vehicle_ids: np.ndarray
+    camera_ids: np.ndarray
+    track_ids: np.ndarray
+    paths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @classmethod
+    def from_records(cls, features: np.ndarray, records: Sequence[ImageRecord]) -> FeatureSet:
+        def col(values):
+            return np.array(["" if v is None else str(v) for v in values], dtype=str)
+
+        return cls(features.astype(np.float32), col(r.vehicle_id for r in records),
+                   col(r.camera_id for r in records), col(r.track_id for r in records), col(r.path for r in records))
+
+    def save(self, path: str | Path) -> Path:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, features=self.features, vehicle_ids=self.vehicle_ids, camera_ids=self.camera_ids,
+                 track_ids=self.track_ids, paths=self.paths)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(*(data[k] for k in ("features", "vehicle_ids", "camera_ids", "track_ids", "paths")))
+        except (OSError, KeyError, ValueError) as exc:
+            raise VreidError(f"{path}: not a vreid feature file ({exc})") from None
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    transform,
+    batch_size: int = 64,
+    flip: bool = False,
+    normalize: bool = True,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> FeatureSet:
+    """Embed ``records`` with ``model`` in eval mode; optionally average with the mirror image, L2-normalise."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(ImageDataset(records, transform), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=collate_images)
+    chunks = []
+    try:
+        for batch in tqdm(loader, desc="extract", disable=None if progress else True, leave=False):
+            images = batch["image"].to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                feats = model(images).float()
+                if flip:
+                    feats = (feats + model(torch.flip(images, dims=[3])).float()) / 2
+            if normalize:
+                feats = F.normalize(feats, dim=1)
+            chunks.append(feats.cpu())
+    finally:
+        model.train(was_training)
+    features = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    return FeatureSet.from_records(features, records)

@@ -1,0 +1,95 @@
+"""``vreid test``: trained weights -> features of the test query/gallery -> metrics, features, rank lists."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vreid.config import save_config
+from vreid.data.loader import load_test_dataset
+from vreid.data.records import GALLERY, QUERY
+from vreid.data.transforms import build_test_transform
+from vreid.engine.checkpoint import model_weights
+from vreid.engine.extract import FeatureSet, extract_features
+from vreid.errors import VreidError
+from vreid.fileio import atomic_write_text
+from vreid.models import build_model
+from vreid.retrieval import evaluate, pairwise_distance
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_PREFIX = "classifier."
+
+
+def load_inference_model(cfg, device: torch.device) -> torch.nn.Module:
+    """The network of ``cfg`` without its classifier, with the weights of ``TEST.WEIGHT``."""
+    if not cfg.TEST.WEIGHT:
+        raise VreidError("TEST.WEIGHT is empty: give the trained weights, e.g. TEST.WEIGHT out/model_final.pth")
+    model = build_model(cfg, 0)
+    state = {k: v for k, v in model_weights(cfg.TEST.WEIGHT).items() if not k.startswith(CLASSIFIER_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise VreidError(f"{cfg.TEST.WEIGHT}: weights do not fit the configured model (MODEL.* must match the "
+                         f"training config): missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def rank_rows(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, num_queries: int, top_k: int = 10):
+    """Rank-list rows of the first queries: true matches green, false red, junk (same id, same camera) grey."""
+    from vreid.viz import RankListRow
+
+    rows = []
+    for qi in range(min(num_queries, len(query))):
+        order = np.argsort(dist[qi], kind="stable")[:top_k]
+        same_id = gallery.vehicle_ids[order] == query.vehicle_ids[qi]
+        junk = same_id & (gallery.camera_ids[order] == query.camera_ids[qi]) & (query.camera_ids[qi] != "")
+        matches = [None if j else bool(m) for m, j in zip(same_id, junk, strict=True)]
+        rows.append(RankListRow(query.paths[qi], list(gallery.paths[order]), matches,
+                                query_label=query.vehicle_ids[qi], labels=[f"{dist[qi, g]:.3f}" for g in order]))
+    return rows
+
+
+def run_test(cfg) -> dict[str, Any]:
+    from vreid.viz import draw_ranklists
+
+    out = Path(cfg.OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = load_test_dataset(cfg)
+    query_records, gallery_records = dataset.require_labels(QUERY), dataset.require_labels(GALLERY)
+    if not query_records or not gallery_records:
+        raise VreidError(f"dataset {dataset.name!r} at {dataset.root} has no query/gallery for test split "
+                         f"{cfg.DATASETS.TEST_SPLIT!r}")
+    model = load_inference_model(cfg, device)
+    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
+    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "flip": cfg.TEST.FLIP, "device": device, "amp_dtype": amp,
+              "channels_last": cfg.SOLVER.CHANNELS_LAST, "num_workers": cfg.DATALOADER.NUM_WORKERS}
+    transform = build_test_transform(cfg)
+    query = extract_features(model, query_records, transform, **kwargs)
+    gallery = extract_features(model, gallery_records, transform, **kwargs)
+    query.save(out / "query_features.npz")
+    gallery.save(out / "gallery_features.npz")
+    dist = pairwise_distance(query.features, gallery.features, metric=cfg.TEST.METRIC)
+    cams = (query.camera_ids, gallery.camera_ids)
+    if not all(c for c in np.concatenate(cams)):
+        cams = (None, None)  # datasets without cameras (VehicleID): no same-camera filtering
+    result = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *cams)
+    metrics = {"mAP": float(result["mAP"]), "mINP": float(result["mINP"]), "rank1": float(result["cmc"][0]),
+               "rank5": float(result["cmc"][4]), "rank10": float(result["cmc"][9]),
+               "num_query": int(result["num_query"]), "num_skipped": int(result["num_skipped"]),
+               "num_gallery": len(gallery), "dataset": dataset.name, "test_split": cfg.DATASETS.TEST_SPLIT,
+               "weights": str(cfg.TEST.WEIGHT)}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    log.info("%s (%s): mAP %.4f rank-1 %.4f rank-5 %.4f over %d queries", dataset.name,
+             cfg.DATASETS.TEST_SPLIT or "standard", metrics["mAP"], metrics["rank1"], metrics["rank5"],
+             metrics["num_query"])
+    if cfg.TEST.RANKLIST_QUERIES:
+        picture = draw_ranklists(rank_rows(query, gallery, dist, cfg.TEST.RANKLIST_QUERIES), out / "ranklist.png")
+        log.info("rank lists: %s", picture)
+    return metrics

@@ -1,0 +1,50 @@
+"""Schedules against the official table and formulas; optimizer parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vreid.engine.optim import lr_factor, param_groups, set_lr
+
+# method.md 3.3: the official cosine_step schedule, 12 epochs, factor of the base lr per epoch
+OFFICIAL = [1.000, .976, .905, .794, .655, .500, .346, .206, .096, .024, .0073, .0022]
+
+
+def test_cosine_step_reproduces_the_official_table():
+    got = [lr_factor(e, 12, "cosine_step", gamma=0.3, step_tail_epochs=2) for e in range(12)]
+    for epoch, (want, have) in enumerate(zip(OFFICIAL, got, strict=True)):
+        assert abs(have - want) <= 0.0006 + 0.005 * want, (epoch + 1, have, want)
+    assert lr_factor(3.7, 12, "cosine_step", gamma=0.3) == lr_factor(3, 12, "cosine_step", gamma=0.3)  # per epoch
+
+
+def test_cosine_warmup_and_step():
+    assert lr_factor(0, 10) == 1.0 and abs(lr_factor(5, 10) - 0.5) < 1e-12
+    assert abs(lr_factor(2.5, 10) - (1 + math.cos(math.pi * 0.25)) / 2) < 1e-12  # smooth within epochs
+    assert abs(lr_factor(10, 10, eta_min_ratio=0.1) - 0.1) < 1e-12
+    assert abs(lr_factor(0, 10, warmup_epochs=2, warmup_factor=0.1) - 0.1) < 1e-12
+    assert abs(lr_factor(1, 10, warmup_epochs=2, warmup_factor=0.1) - 0.55 * lr_factor(1, 10)) < 1e-12
+    assert [lr_factor(e, 90, "step", steps=(40, 70), gamma=0.1) for e in (0, 39, 40, 69.5, 70)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        lr_factor(0, 10, "linear")
+
+
+def test_param_groups_split_decay_and_head_lr():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    backbone = model[0]
+    model[3].bias.requires_grad_(False)  # like the BNNeck bias: frozen, so not optimised
+    groups = param_groups(model, 0.1, 5e-4, 0.0, head_lr_factor=10.0, backbone=backbone)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert by_param[id(model[0].weight)]["weight_decay"] == 5e-4 and by_param[id(model[0].weight)]["lr"] == 0.1
+    assert by_param[id(model[0].bias)]["weight_decay"] == 0.0
+    assert by_param[id(model[1].weight)]["weight_decay"] == 0.0  # norm weights
+    assert by_param[id(model[3].weight)]["lr"] == pytest.approx(1.0)  # head x10
+    assert id(model[3].bias) not in by_param
+    assert sum(len(g["params"]) for g in groups) == 5
+    opt = torch.optim.SGD(groups, lr=0.1)
+    set_lr(opt, 0.1, 0.5)
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.05, 0.05, 0.5, 0.5][: len(groups)])
