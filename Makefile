@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/vreid synth --out $(DEMO)/city --ids 40 --cameras 4 --seed 0 --preview --overwrite
 	$(VENV)/bin/vreid data summary --dataset aic21 --root $(DEMO)/city
-	$(VENV)/bin/vreid data summary --dataset aic21_synthetic --root $(DEMO)/city
-	$(VENV)/bin/vreid data summary --config-file configs/demo/city.yml DATASETS.ROOT_DIR $(DEMO)/city
-	@echo "demo done: look at $(DEMO)/city/preview.png"
+	rm -rf $(DEMO)/train $(DEMO)/test
+	$(VENV)/bin/vreid train --config-file configs/demo/city.yml DATASETS.ROOT_DIR $(DEMO)/city OUTPUT_DIR $(DEMO)/train
+	$(VENV)/bin/vreid test --config-file configs/demo/city.yml DATASETS.ROOT_DIR $(DEMO)/city \
+		TEST.WEIGHT $(DEMO)/train/model_final.pth OUTPUT_DIR $(DEMO)/test
+	@cat $(DEMO)/test/metrics.json
+	@echo "demo done: $(DEMO)/city/preview.png (the data), $(DEMO)/test/ranklist.png (query + top-10, green = same vehicle)"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -109,3 +109,16 @@ def test_every_option_is_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     missing = [k for k in _flat_keys(get_defaults()) if f"`{k}`" not in doc]
     assert not missing, f"options missing from docs/configuration.md: {missing}"
+
+
+def test_string_options_stay_strings(tmp_path):
+    """yacs literal-evaluates strings: "800" must stay the string the option expects, from a file or the CLI."""
+    cfg = load_config(None, ["DATASETS.TEST_SPLIT", "800", "MODEL.PRETRAIN_PATH", "/w/a.pth", "OUTPUT_DIR", "1e3",
+                             "DATASETS.TEST", "'veri776'"])
+    assert cfg.DATASETS.TEST == "veri776"
+    assert (cfg.DATASETS.TEST_SPLIT, cfg.MODEL.PRETRAIN_PATH, cfg.OUTPUT_DIR) == ("800", "/w/a.pth", "1e3")
+    f = write(tmp_path / "s.yml", 'DATASETS:\n  TEST_SPLIT: "1600"\n  ROOT_DIR: 2024\n')
+    cfg = load_config(f)
+    assert (cfg.DATASETS.TEST_SPLIT, cfg.DATASETS.ROOT_DIR) == ("1600", "2024")
+    assert load_config(None, ["DATASETS.FOLDER_PATTERN", r"(?P<vehicle_id>\d+)_c(?P<camera_id>\d+)"]
+                       ).DATASETS.FOLDER_PATTERN == r"(?P<vehicle_id>\d+)_c(?P<camera_id>\d+)"

@@ -114,6 +114,9 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vreid.engine.trainer import train
 
+    if "--resume" in args.opts:  # also accepted after the KEY VALUE overrides
+        args.opts.remove("--resume")
+        args.resume = True
     train(_config(args), resume=args.resume)
     return 0
 

@@ -9,6 +9,7 @@ that does nothing is a bug (the paper's code had many).
 
 from __future__ import annotations
 
+import ast
 import difflib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -220,9 +221,33 @@ def load_yaml_with_base(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict
     return _deep_merge(merged, tree)
 
 
+def _as_text(value: Any) -> str:
+    """Quote a value for a string option: yacs literal-evaluates strings, so "800" would become 800."""
+    if isinstance(value, str):
+        try:
+            if isinstance(ast.literal_eval(value), str):
+                return value  # already a quoted string literal
+        except (ValueError, SyntaxError):
+            pass
+    return repr(str(value))
+
+
+def _protect_strings(tree: dict[str, Any], defaults: CN) -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(defaults[k], CN):
+            out[k] = _protect_strings(v, defaults[k])
+        elif isinstance(defaults[k], str) and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            out[k] = _as_text(v)
+        else:
+            out[k] = v
+    return out
+
+
 def merge_file(cfg: CN, path: str | Path) -> None:
     tree = load_yaml_with_base(path)
     _check_keys(tree, cfg, str(path))
+    tree = _protect_strings(tree, cfg)
     try:
         cfg.merge_from_other_cfg(CN(tree))
     except (ValueError, KeyError, AssertionError) as exc:
@@ -234,11 +259,15 @@ def merge_overrides(cfg: CN, opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise ConfigError(f"command line: overrides come in KEY VALUE pairs; {opts[-1]!r} has no value")
     valid = set(_flat_keys(cfg))
-    for key in opts[0::2]:
+    pairs = []
+    for key, value in zip(opts[0::2], opts[1::2], strict=True):
         if key not in valid:
             raise _unknown_key_error(key, "command line", sorted(valid))
+        if isinstance(_get(cfg, key), str):
+            value = _as_text(value)
+        pairs += [key, value]
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(pairs)
     except (ValueError, KeyError, AssertionError) as exc:
         raise ConfigError(f"command line: {exc}") from None
 

@@ -28,9 +28,13 @@ CLASSIFIER_PREFIX = "classifier."
 
 def load_inference_model(cfg, device: torch.device) -> torch.nn.Module:
     """The network of ``cfg`` without its classifier, with the weights of ``TEST.WEIGHT``."""
-    if not cfg.TEST.WEIGHT:
-        raise VreidError("TEST.WEIGHT is empty: give the trained weights, e.g. TEST.WEIGHT out/model_final.pth")
     model = build_model(cfg, 0)
+    if not cfg.TEST.WEIGHT:
+        if not cfg.MODEL.PRETRAIN_PATH:
+            raise VreidError("TEST.WEIGHT is empty: give the trained weights, e.g. TEST.WEIGHT out/model_final.pth")
+        log.warning("no TEST.WEIGHT: evaluating the pretrained backbone %s as it is (an untrained baseline)",
+                    cfg.MODEL.PRETRAIN_PATH)
+        return model.to(device).eval()
     state = {k: v for k, v in model_weights(cfg.TEST.WEIGHT).items() if not k.startswith(CLASSIFIER_PREFIX)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -218,7 +218,7 @@ def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
             if (b + 1) % cfg.SOLVER.LOG_PERIOD == 0 or b + 1 == iters:
                 speed = seen * info.world_size / (time.perf_counter() - tick)
                 record = {"epoch": epoch + 1, "iter": b + 1, "step": step, "lr": lr, **parts,
-                          "images_per_s": round(speed, 2)}
+                          "images_per_s": round(speed, 2), "time": round(time.time(), 3)}
                 metrics_log.write(record, step)
                 log.info("epoch %d/%d iter %d/%d (step %d/%d) lr %.2e %s %.1f img/s", epoch + 1,
                          cfg.SOLVER.MAX_EPOCHS, b + 1, iters, step, total_iters, lr,

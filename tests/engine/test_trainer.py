@@ -1,0 +1,127 @@
+"""Training end to end on a tiny synthetic city: outputs, exact resume after SIGKILL, NaN stop, test command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vreid.data.synth import SynthOptions, generate_city
+
+TINY = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TRAIN", "(64, 64)", "INPUT.SIZE_TEST", "(64, 64)",
+        "INPUT.PADDING", "4", "INPUT.AUGMIX_PROB", "0.25", "INPUT.RANDOM_PATCH_PROB", "0.0",
+        "DATALOADER.NUM_INSTANCE", "2", "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_EPOCHS", "2",
+        "SOLVER.LOG_PERIOD", "2", "SOLVER.AMP", "off", "DATALOADER.NUM_WORKERS", "0",
+        "LOSSES.NAMES", "('ce', 'supcon')", "LOSSES.MALW.INTERVAL", "3", "MODEL.MIXSTYLE.ENABLED", "True",
+        "SOLVER.EMA_DECAY", "0.9"]
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("city")
+    generate_city(out, SynthOptions(num_ids=16, num_sim_ids=0, num_cameras=3, seed=5, min_frames=2, max_frames=3))
+    return out
+
+
+def vreid(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vreid.cli", *args], capture_output=True, text=True, check=check)
+
+
+def train_args(city: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--config-file", str(Path(__file__).parents[2] / "configs" / "base.yml"),
+            "DATASETS.ROOT_DIR", str(city), "DATASETS.TRAIN", "('aic21',)", "DATASETS.TEST", "aic21",
+            "OUTPUT_DIR", str(out), *TINY, *extra]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+def test_train_writes_outputs_validates_and_tests(city, tmp_path):
+    out = tmp_path / "run"
+    vreid(*train_args(city, out, "DATASETS.VAL_IDS", "2", "SOLVER.FREEZE_BACKBONE_EPOCHS", "1"))
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "model_final.pth", "model_final.safetensors",
+                 "checkpoints/last.pth", "checkpoints/best.pth"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(rec.get("split") == "validation" and 0 <= rec["mAP"] <= 1 for rec in lines)
+    assert all("loss" in rec for rec in lines if "split" not in rec)
+    final = weights(out / "model_final.pth")
+    assert not any(k.startswith("classifier.") for k in final) or "classifier.weight" in final
+    result = vreid("test", "--config-file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth"),
+                   "OUTPUT_DIR", str(tmp_path / "test"))
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert set(metrics) >= {"mAP", "rank1", "rank5", "num_query"} and 0 <= metrics["mAP"] <= 1
+    assert metrics["num_query"] > 0 and (tmp_path / "test" / "ranklist.png").is_file()
+    assert result.returncode == 0
+    again = vreid(*train_args(city, out), check=False)  # refuses to overwrite a run
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(city, tmp_path):
+    reference = tmp_path / "reference"
+    vreid(*train_args(city, reference, "SOLVER.CHECKPOINT_ITERS", "2"))
+
+    killed = tmp_path / "killed"
+    last = killed / "checkpoints" / "last.pth"
+    proc = subprocess.Popen([sys.executable, "-m", "vreid.cli", *train_args(city, killed, "SOLVER.CHECKPOINT_ITERS",
+                                                                           "2")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: the first checkpoint is written at iteration 2
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(last, weights_only=True)
+    assert (state["epoch"], state["batch"]) != (2, 0), "the run finished before it could be killed"
+    vreid(*train_args(city, killed, "SOLVER.CHECKPOINT_ITERS", "2"), "--resume")
+
+    a, b = weights(reference / "model_final.pth"), weights(killed / "model_final.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(city, tmp_path):
+    out = tmp_path / "nan"
+    result = vreid(*train_args(city, out, "SOLVER.BASE_LR", "1e30", "SOLVER.CHECKPOINT_ITERS", "1",
+                               "SOLVER.OPTIMIZER", "sgd"), check=False)
+    assert result.returncode == 2
+    assert "loss became" in result.stderr and "last good checkpoint" in result.stderr
+    if (out / "checkpoints" / "last.pth").exists():
+        state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(city, tmp_path):
+    """gloo, 2 ranks x 4 images = the single-process global batch of 8: the same steps, synchronised weights.
+
+    The weights cannot equal a single-process run's: BatchNorm and batch-hard mining see each rank's
+    half batch (as in every DDP training without SyncBN).
+    """
+    single, double = tmp_path / "single", tmp_path / "double"
+    extra = ["SOLVER.MAX_EPOCHS", "1", "SOLVER.EMA_DECAY", "0.0"]
+    vreid(*train_args(city, single, *extra))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vreid.cli", *train_args(city, double, *extra)], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = [[json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+             for d in (single, double)]
+    assert steps[0] == steps[1] and steps[0]  # one log (rank 0 only), same number of global steps
+    a, b = weights(single / "model_final.pth"), weights(double / "model_final.pth")
+    assert a.keys() == b.keys()
+    assert all(torch.isfinite(v).all() for v in b.values() if v.is_floating_point())
+    state = torch.load(double / "checkpoints" / "last.pth", weights_only=True)
+    assert len(state["rng"]) == 2  # every rank's RNG state, so a DDP run resumes exactly too
+    assert all(torch.equal(state["model"][k], b[k]) for k in b)  # rank 0 saved the synchronised weights
