@@ -128,6 +128,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from vreid.engine.tester import run_extract
+
+    run_extract(_config(args), tuple(args.splits.split(",")))
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(_config(args).dump(), end="")
     return 0
@@ -171,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="evaluate TEST.WEIGHT on the test query/gallery; writes metrics.json")
     _add_config_args(test, required=True)
     test.set_defaults(func=cmd_test)
+
+    extract = sub.add_parser("extract", help="write OUTPUT_DIR/<split>.npz FeatureSets of the test dataset")
+    extract.add_argument("--splits", default="query,gallery", help="comma-separated splits (default query,gallery)")
+    _add_config_args(extract, required=True)
+    extract.set_defaults(func=cmd_extract)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,12 @@ def test_train_writes_outputs_validates_and_tests(city, tmp_path):
     assert set(metrics) >= {"mAP", "rank1", "rank5", "num_query"} and 0 <= metrics["mAP"] <= 1
     assert metrics["num_query"] > 0 and (tmp_path / "test" / "ranklist.png").is_file()
     assert result.returncode == 0
+    vreid("extract", "--config-file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth"),
+          "OUTPUT_DIR", str(tmp_path / "feats"))
+    from vreid.engine.extract import FeatureSet
+
+    gallery = FeatureSet.load(tmp_path / "feats" / "gallery.npz")
+    assert len(gallery) == metrics["num_gallery"] and np.allclose(np.linalg.norm(gallery.features, axis=1), 1, atol=1e-5)
     again = vreid(*train_args(city, out), check=False)  # refuses to overwrite a run
     assert again.returncode == 2 and "--resume" in again.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +59,50 @@ def rank_rows(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, num_quer
     return rows
 
 
+def amp_dtype(cfg) -> torch.dtype | None:
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
+
+
+def extract_splits(
+    cfg, splits: Sequence[str] = (QUERY, GALLERY), require_labels: bool = False
+) -> dict[str, FeatureSet]:
+    """FeatureSets of the test dataset's splits with the model of ``TEST.WEIGHT``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = load_test_dataset(cfg)
+    records = {s: dataset.require_labels(s) if require_labels else dataset[s] for s in splits}
+    for split, recs in records.items():
+        if not recs:
+            raise VreidError(f"dataset {dataset.name!r} at {dataset.root} has no {split} images for test split "
+                             f"{cfg.DATASETS.TEST_SPLIT!r}")
+    model = load_inference_model(cfg, device)
+    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "flip": cfg.TEST.FLIP, "device": device,
+              "amp_dtype": amp_dtype(cfg), "channels_last": cfg.SOLVER.CHANNELS_LAST,
+              "num_workers": cfg.DATALOADER.NUM_WORKERS}
+    transform = build_test_transform(cfg)
+    return {split: extract_features(model, recs, transform, **kwargs) for split, recs in records.items()}
+
+
+def run_extract(cfg, splits: Sequence[str] = (QUERY, GALLERY)) -> dict[str, Path]:
+    """``vreid extract``: one FeatureSet file per split, ``OUTPUT_DIR/<split>.npz``."""
+    out = Path(cfg.OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    paths = {split: fs.save(out / f"{split}.npz") for split, fs in extract_splits(cfg, splits).items()}
+    for split, path in paths.items():
+        log.info("%s features: %s", split, path)
+    return paths
+
+
 def run_test(cfg) -> dict[str, Any]:
     from vreid.viz import draw_ranklists
 
     out = Path(cfg.OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = load_test_dataset(cfg)
-    query_records, gallery_records = dataset.require_labels(QUERY), dataset.require_labels(GALLERY)
-    if not query_records or not gallery_records:
-        raise VreidError(f"dataset {dataset.name!r} at {dataset.root} has no query/gallery for test split "
-                         f"{cfg.DATASETS.TEST_SPLIT!r}")
-    model = load_inference_model(cfg, device)
-    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
-    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "flip": cfg.TEST.FLIP, "device": device, "amp_dtype": amp,
-              "channels_last": cfg.SOLVER.CHANNELS_LAST, "num_workers": cfg.DATALOADER.NUM_WORKERS}
-    transform = build_test_transform(cfg)
-    query = extract_features(model, query_records, transform, **kwargs)
-    gallery = extract_features(model, gallery_records, transform, **kwargs)
-    query.save(out / "query_features.npz")
-    gallery.save(out / "gallery_features.npz")
+    features = extract_splits(cfg, require_labels=True)
+    query, gallery = features[QUERY], features[GALLERY]
+    query.save(out / "query.npz")
+    gallery.save(out / "gallery.npz")
     dist = pairwise_distance(query.features, gallery.features, metric=cfg.TEST.METRIC)
     cams = (query.camera_ids, gallery.camera_ids)
     if not all(c for c in np.concatenate(cams)):
@@ -87,10 +111,10 @@ def run_test(cfg) -> dict[str, Any]:
     metrics = {"mAP": float(result["mAP"]), "mINP": float(result["mINP"]), "rank1": float(result["cmc"][0]),
                "rank5": float(result["cmc"][4]), "rank10": float(result["cmc"][9]),
                "num_query": int(result["num_query"]), "num_skipped": int(result["num_skipped"]),
-               "num_gallery": len(gallery), "dataset": dataset.name, "test_split": cfg.DATASETS.TEST_SPLIT,
+               "num_gallery": len(gallery), "dataset": cfg.DATASETS.TEST, "test_split": cfg.DATASETS.TEST_SPLIT,
                "weights": str(cfg.TEST.WEIGHT)}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log.info("%s (%s): mAP %.4f rank-1 %.4f rank-5 %.4f over %d queries", dataset.name,
+    log.info("%s (%s): mAP %.4f rank-1 %.4f rank-5 %.4f over %d queries", cfg.DATASETS.TEST,
              cfg.DATASETS.TEST_SPLIT or "standard", metrics["mAP"], metrics["rank1"], metrics["rank5"],
              metrics["num_query"])
     if cfg.TEST.RANKLIST_QUERIES:

@@ -149,7 +149,8 @@ def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.SOLVER.FREEZE_BACKBONE_EPOCHS > 0)
+            # parts without a gradient: a frozen backbone, or the classifier/neck when no ID loss reads them
+            find_unused_parameters=cfg.SOLVER.FREEZE_BACKBONE_EPOCHS > 0 or "ce" not in cfg.LOSSES.NAMES)
     sampler = build_train_sampler(cfg, data, info.rank, info.world_size)
     loader = build_train_loader(cfg, data, build_train_transform(cfg), sampler)
     iters = len(sampler)

@@ -1,0 +1,56 @@
+"""Feature extraction and FeatureSet files: flip averaging, normalisation, a save/load round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import write_jpeg
+from vreid.data.records import ImageRecord
+from vreid.engine.extract import FeatureSet, extract_features
+from vreid.errors import VreidError
+
+
+class ColumnMeans(nn.Module):
+    """A 'model' whose embedding is known in closed form: the mean of each image column of channel 0."""
+
+    def forward(self, x):
+        return x[:, 0].mean(dim=1)
+
+
+def to_tensor(img):
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def test_flip_average_and_normalisation(tmp_path):
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (4, 6, 3), dtype=np.uint8)).save(path)
+        records.append(ImageRecord(path, str(i), "c1", track_id="t1" if i else None))
+    fs = extract_features(ColumnMeans(), records, to_tensor, batch_size=2, flip=True, progress=False)
+    for i, r in enumerate(records):
+        x = to_tensor(Image.open(r.path).convert("RGB"))[0].mean(dim=0).numpy()
+        expected = (x + x[::-1]) / 2
+        expected /= np.linalg.norm(expected)
+        assert np.allclose(fs.features[i], expected, atol=1e-6)
+    assert list(fs.vehicle_ids) == ["0", "1", "2"] and list(fs.track_ids) == ["", "t1", "t1"]
+    raw = extract_features(ColumnMeans(), records, to_tensor, flip=False, normalize=False, progress=False)
+    assert not np.allclose(np.linalg.norm(raw.features, axis=1), 1.0)
+
+
+def test_featureset_round_trip_and_bad_file(tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    records = [ImageRecord(tmp_path / "a.jpg", "7", None), ImageRecord(tmp_path / "b.jpg", None, "c2")]
+    fs = FeatureSet.from_records(np.eye(2, 3, dtype=np.float32), records)
+    path = fs.save(tmp_path / "f" / "query.npz")
+    back = FeatureSet.load(path)
+    assert np.array_equal(back.features, fs.features) and list(back.camera_ids) == ["", "c2"]
+    assert list(back.vehicle_ids) == ["7", ""] and back.paths[0].endswith("a.jpg") and len(back) == 2
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(VreidError, match="bad.npz: not a vreid feature file"):
+        FeatureSet.load(tmp_path / "bad.npz")
