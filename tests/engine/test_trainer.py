@@ -67,7 +67,8 @@ def test_train_writes_outputs_validates_and_tests(city, tmp_path):
     from vreid.engine.extract import FeatureSet
 
     gallery = FeatureSet.load(tmp_path / "feats" / "gallery.npz")
-    assert len(gallery) == metrics["num_gallery"] and np.allclose(np.linalg.norm(gallery.features, axis=1), 1, atol=1e-5)
+    assert len(gallery) == metrics["num_gallery"]
+    assert np.allclose(np.linalg.norm(gallery.features, axis=1), 1, atol=1e-5)
     again = vreid(*train_args(city, out), check=False)  # refuses to overwrite a run
     assert again.returncode == 2 and "--resume" in again.stderr
 
