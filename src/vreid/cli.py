@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vreid import __version__
 from vreid.errors import VreidError
-from vreid.fileio import atomic_write_text
+from vreid.fileio import atomic_save_npy, atomic_write_text
 
 log = logging.getLogger("vreid")
 
@@ -135,6 +135,83 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from vreid.engine.postprocess import load_pair
+    from vreid.engine.tester import report
+
+    cfg = _config(args)
+    cfg.defrost()
+    cfg.TEST.RERANK.ENABLED = True
+    cfg.freeze()
+    query, gallery = load_pair(args.features)
+    out = Path(args.out or cfg.OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    if all(query.vehicle_ids) and all(gallery.vehicle_ids):
+        report(cfg, query, gallery, out)
+    else:  # unlabelled (the AIC21 test set): the distance only, for an ensemble or a submission
+        from vreid.engine.postprocess import final_distance
+
+        atomic_save_npy(out / "distance.npy", final_distance(cfg, query, gallery))
+    log.info("re-ranked distance: %s", out / "distance.npy")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vreid.retrieval.ensemble import ensemble_distances
+
+    mats = []
+    for path in args.distances:
+        try:
+            mats.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise VreidError(f"{path}: not a distance file written by vreid ({exc})") from None
+    combined = ensemble_distances(mats, weights=args.weights, normalize=args.normalize)
+    atomic_save_npy(args.out, combined.astype("float32"))
+    log.info("ensemble of %d distances: %s", len(mats), args.out)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from vreid.retrieval.submission import check_track2
+
+    if args.check:
+        from vreid.data.formats import aic21
+        from vreid.data.formats.common import find_root, read_name_list
+
+        if not args.root:
+            raise VreidError("--check needs --root, the AIC21 dataset folder (for name_query.txt/name_test.txt)")
+        base = find_root(args.root, (aic21.REAL_FOLDER,), "name_test.txt")
+        num_query = len(read_name_list(base / "name_query.txt"))
+        num_gallery = len(read_name_list(base / "name_test.txt"))
+        problems = check_track2(args.check, num_query, num_gallery, args.top_k)
+        for problem in problems[:50]:
+            log.error("%s", problem)
+        if problems:
+            raise VreidError(f"{args.check}: {len(problems)} problems (first 50 listed above)")
+        log.info("%s is a valid submission: %d queries x %d gallery ids", args.check, num_query, args.top_k)
+        return 0
+    import numpy as np
+
+    from vreid.engine.postprocess import load_pair, ranking
+    from vreid.retrieval.submission import write_track2
+
+    if not (args.distance and args.features and args.out):
+        raise VreidError("submit needs --distance D.npy --features DIR --out track2.txt (or --check FILE --root DIR)")
+    cfg = _config(args)
+    _, gallery = load_pair(args.features)
+    dist = np.load(args.distance, allow_pickle=False)
+    if dist.shape[1] != len(gallery):
+        raise VreidError(f"{args.distance}: {dist.shape[1]} gallery columns, but {args.features} has "
+                         f"{len(gallery)} gallery images")
+    ranked = ranking(cfg, dist, gallery, args.top_k)
+    names = [Path(p).name for p in gallery.paths]
+    path = write_track2(ranked, names, args.out, args.top_k)
+    log.info("submission: %s (%d queries)", path, len(ranked))
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(_config(args).dump(), end="")
     return 0
@@ -183,6 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--splits", default="query,gallery", help="comma-separated splits (default query,gallery)")
     _add_config_args(extract, required=True)
     extract.set_defaults(func=cmd_extract)
+
+    rerank = sub.add_parser("rerank", help="k-reciprocal re-ranking (and fusion, tracks, QE) of saved features")
+    rerank.add_argument("--features", required=True, help="folder with query.npz and gallery.npz")
+    rerank.add_argument("--out", help="output folder (default OUTPUT_DIR)")
+    _add_config_args(rerank)
+    rerank.set_defaults(func=cmd_rerank)
+
+    ensemble = sub.add_parser("ensemble", help="weighted mean of several distance files (.npy)")
+    ensemble.add_argument("--distances", nargs="+", required=True, help="distance.npy files of several models")
+    ensemble.add_argument("--weights", nargs="+", type=float, help="one weight per file (default equal)")
+    ensemble.add_argument("--normalize", default="none", choices=("none", "minmax", "zscore"),
+                          help="per-query normalisation before averaging")
+    ensemble.add_argument("--out", required=True, help="output .npy")
+    ensemble.set_defaults(func=cmd_ensemble)
+
+    submit = sub.add_parser("submit", help="write or check an AI City track2.txt")
+    submit.add_argument("--distance", help="distance.npy (queries x gallery)")
+    submit.add_argument("--features", help="folder with query.npz and gallery.npz (image names, tracks)")
+    submit.add_argument("--out", help="track2.txt to write")
+    submit.add_argument("--check", metavar="FILE", help="validate FILE instead of writing one")
+    submit.add_argument("--root", help="AIC21 dataset folder, for --check")
+    submit.add_argument("--top-k", type=int, default=100, help="entries per query (AI City: 100)")
+    _add_config_args(submit)
+    submit.set_defaults(func=cmd_submit)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

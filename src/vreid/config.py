@@ -128,6 +128,24 @@ _C.TEST.IMS_PER_BATCH = 64  # batch size of feature extraction
 _C.TEST.FLIP = False  # average the features of the image and its mirror image
 _C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | cosine
 _C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
+_C.TEST.QE = CN()
+_C.TEST.QE.ENABLED = False  # alpha query expansion with the top gallery neighbours
+_C.TEST.QE.TOP_K = 5  # neighbours averaged into each query
+_C.TEST.QE.ALPHA = 3.0  # weight = similarity^alpha (0 = plain average)
+_C.TEST.DBA = False  # database-side augmentation of the gallery with the same TOP_K and ALPHA
+_C.TEST.TRACK_AVERAGE = CN()
+_C.TEST.TRACK_AVERAGE.ENABLED = False  # replace each gallery feature by its track's mean (paper 3.4)
+_C.TEST.TRACK_AVERAGE.WINDOW = 0  # average over this many consecutive frames (0 = the whole track)
+_C.TEST.RERANK = CN()
+_C.TEST.RERANK.ENABLED = False  # k-reciprocal re-ranking (paper: on, k1 50, k2 15, lambda 0.5)
+_C.TEST.RERANK.K1 = 20  # k-reciprocal neighbourhood size
+_C.TEST.RERANK.K2 = 6  # local query expansion size
+_C.TEST.RERANK.LAMBDA = 0.3  # weight of the original distance
+_C.TEST.FUSION = CN()
+_C.TEST.FUSION.ORIENTATION_DIR = ""  # folder with query.npz/gallery.npz of an orientation-ReID model ("" = none)
+_C.TEST.FUSION.CAMERA_DIR = ""  # folder with query.npz/gallery.npz of a camera-ReID model ("" = none)
+_C.TEST.FUSION.WEIGHTS = (0.1, 0.1)  # D = Dv - w_o * Do - w_c * Dc (paper: 0.1, 0.1), inside re-ranking
+_C.TEST.TRACK_RERANK = False  # list whole gallery tracks together in the ranking (paper's track re-ranking)
 
 _C.LOSSES = CN()
 _C.LOSSES.NAMES = ("ce", "supcon")  # any of ce, triplet, supcon, circle (paper: ce + supcon)

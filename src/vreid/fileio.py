@@ -26,3 +26,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | Path, array) -> Path:
+    """``np.save`` through :func:`atomic_write_bytes` (distance matrices, features)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -17,10 +17,16 @@ from vreid.data.records import GALLERY, QUERY
 from vreid.data.transforms import build_test_transform
 from vreid.engine.checkpoint import model_weights
 from vreid.engine.extract import FeatureSet, extract_features
+from vreid.engine.postprocess import (
+    GALLERY_FILE,
+    QUERY_FILE,
+    final_distance,
+    metrics_from_distance,
+    write_per_query,
+)
 from vreid.errors import VreidError
-from vreid.fileio import atomic_write_text
+from vreid.fileio import atomic_save_npy, atomic_write_text
 from vreid.models import build_model
-from vreid.retrieval import evaluate, pairwise_distance
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +99,34 @@ def run_extract(cfg, splits: Sequence[str] = (QUERY, GALLERY)) -> dict[str, Path
     return paths
 
 
-def run_test(cfg) -> dict[str, Any]:
+def report(cfg, query: FeatureSet, gallery: FeatureSet, out: Path) -> dict[str, Any]:
+    """Post-process, evaluate and write ``distance.npy``, ``metrics.json``, ``per_query.csv`` and ``ranklist.png``."""
     from vreid.viz import draw_ranklists
 
+    dist = final_distance(cfg, query, gallery)
+    atomic_save_npy(out / "distance.npy", dist)
+    metrics = metrics_from_distance(cfg, dist, query, gallery)
+    per_query = metrics.pop("_per_query")
+    metrics.update(dataset=cfg.DATASETS.TEST, test_split=cfg.DATASETS.TEST_SPLIT, weights=str(cfg.TEST.WEIGHT),
+                   rerank=bool(cfg.TEST.RERANK.ENABLED))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_per_query(out / "per_query.csv", query, per_query)
+    log.info("%s (%s): mAP %.4f rank-1 %.4f rank-5 %.4f mINP %.4f, AIC mAP@100 %.4f over %d queries",
+             cfg.DATASETS.TEST, cfg.DATASETS.TEST_SPLIT or "standard", metrics["mAP"], metrics["rank1"],
+             metrics["rank5"], metrics["mINP"], metrics["aic_mAP@100"], metrics["num_query"])
+    if cfg.TEST.RANKLIST_QUERIES:
+        picture = draw_ranklists(rank_rows(query, gallery, dist, cfg.TEST.RANKLIST_QUERIES), out / "ranklist.png")
+        log.info("rank lists: %s", picture)
+    return metrics
+
+
+def run_test(cfg) -> dict[str, Any]:
+    """``vreid test``: extract the labelled query/gallery, post-process, evaluate, report."""
     out = Path(cfg.OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     features = extract_splits(cfg, require_labels=True)
     query, gallery = features[QUERY], features[GALLERY]
-    query.save(out / "query.npz")
-    gallery.save(out / "gallery.npz")
-    dist = pairwise_distance(query.features, gallery.features, metric=cfg.TEST.METRIC)
-    cams = (query.camera_ids, gallery.camera_ids)
-    if not all(c for c in np.concatenate(cams)):
-        cams = (None, None)  # datasets without cameras (VehicleID): no same-camera filtering
-    result = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *cams)
-    metrics = {"mAP": float(result["mAP"]), "mINP": float(result["mINP"]), "rank1": float(result["cmc"][0]),
-               "rank5": float(result["cmc"][4]), "rank10": float(result["cmc"][9]),
-               "num_query": int(result["num_query"]), "num_skipped": int(result["num_skipped"]),
-               "num_gallery": len(gallery), "dataset": cfg.DATASETS.TEST, "test_split": cfg.DATASETS.TEST_SPLIT,
-               "weights": str(cfg.TEST.WEIGHT)}
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log.info("%s (%s): mAP %.4f rank-1 %.4f rank-5 %.4f over %d queries", cfg.DATASETS.TEST,
-             cfg.DATASETS.TEST_SPLIT or "standard", metrics["mAP"], metrics["rank1"], metrics["rank5"],
-             metrics["num_query"])
-    if cfg.TEST.RANKLIST_QUERIES:
-        picture = draw_ranklists(rank_rows(query, gallery, dist, cfg.TEST.RANKLIST_QUERIES), out / "ranklist.png")
-        log.info("rank lists: %s", picture)
-    return metrics
+    query.save(out / QUERY_FILE)
+    gallery.save(out / GALLERY_FILE)
+    return report(cfg, query, gallery, out)

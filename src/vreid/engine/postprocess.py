@@ -1,0 +1,121 @@
+"""From saved FeatureSets to a final distance, ranking and metrics, as ``cfg.TEST`` describes (method.md 5).
+
+Order: gallery track averaging -> query expansion / database augmentation -> distance (k-reciprocal
+re-ranking, with the orientation/camera fusion D = Dv - w_o*Do - w_c*Dc inside it, or the plain
+squared Euclidean distance of the paper's code) -> ranking (optionally whole tracks together).
+This is the only module that maps ``cfg.TEST`` onto the pure functions of :mod:`vreid.retrieval`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vreid.engine.extract import FeatureSet
+from vreid.errors import VreidError
+from vreid.fileio import atomic_write_text
+from vreid.retrieval import evaluate, evaluate_aic, k_reciprocal_rerank, pairwise_distance
+from vreid.retrieval.query_expansion import average_query_expansion, database_augmentation
+from vreid.retrieval.tracks import average_track_features, track_rerank
+
+log = logging.getLogger(__name__)
+
+QUERY_FILE, GALLERY_FILE = "query.npz", "gallery.npz"
+AIC_TOP_K = 100
+
+
+def load_pair(folder: str | Path) -> tuple[FeatureSet, FeatureSet]:
+    folder = Path(folder)
+    return FeatureSet.load(folder / QUERY_FILE), FeatureSet.load(folder / GALLERY_FILE)
+
+
+def _fusion_terms(cfg, query: FeatureSet, gallery: FeatureSet) -> list[tuple[np.ndarray, float]]:
+    terms = []
+    for folder, weight, what in ((cfg.TEST.FUSION.ORIENTATION_DIR, cfg.TEST.FUSION.WEIGHTS[0], "orientation"),
+                                 (cfg.TEST.FUSION.CAMERA_DIR, cfg.TEST.FUSION.WEIGHTS[1], "camera")):
+        if not folder:
+            continue
+        q, g = load_pair(folder)
+        # The fused distances must describe the same images in the same order (the official code never checks).
+        if not (np.array_equal(q.paths, query.paths) and np.array_equal(g.paths, gallery.paths)):
+            raise VreidError(f"TEST.FUSION: the {what} features in {folder} are not of the same query/gallery "
+                             "images in the same order as the vehicle features (extract them from the same data)")
+        terms.append((np.concatenate([q.features, g.features]), -float(weight)))
+    return terms
+
+
+def final_distance(cfg, query: FeatureSet, gallery: FeatureSet) -> np.ndarray:
+    """The (query, gallery) distance after the post-processing configured in ``cfg.TEST``."""
+    t = cfg.TEST
+    q_feat, g_feat = query.features, gallery.features
+    if t.TRACK_AVERAGE.ENABLED:
+        g_feat = average_track_features(g_feat, gallery.track_ids, window=t.TRACK_AVERAGE.WINDOW or None)
+    if t.DBA:
+        g_feat = database_augmentation(g_feat, t.QE.TOP_K, t.QE.ALPHA)
+    if t.QE.ENABLED:
+        q_feat, g_feat = average_query_expansion(q_feat, g_feat, t.QE.TOP_K, t.QE.ALPHA)
+    fusion = _fusion_terms(cfg, query, gallery)
+    if fusion and not t.RERANK.ENABLED:
+        raise VreidError("TEST.FUSION needs TEST.RERANK.ENABLED True: the fused distance lives inside re-ranking "
+                         "(as in the paper's pipeline)")
+    if t.RERANK.ENABLED:
+        log.info("k-reciprocal re-ranking (k1 %d, k2 %d, lambda %.2f%s)", t.RERANK.K1, t.RERANK.K2, t.RERANK.LAMBDA,
+                 ", fused with " + ", ".join(f"{w:+.2f}" for _, w in fusion) if fusion else "")
+        return k_reciprocal_rerank(q_feat, g_feat, t.RERANK.K1, t.RERANK.K2, t.RERANK.LAMBDA,
+                                   extra_distance=fusion or None)
+    return pairwise_distance(q_feat, g_feat, metric=t.METRIC)
+
+
+def ranking(cfg, dist: np.ndarray, gallery: FeatureSet, top_k: int = AIC_TOP_K) -> np.ndarray:
+    """Top-k gallery indices per query; with ``TEST.TRACK_RERANK`` whole tracks stay together."""
+    if cfg.TEST.TRACK_RERANK:
+        return track_rerank(dist, gallery.track_ids, top_k=top_k)
+    k = min(top_k, dist.shape[1])
+    part = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < dist.shape[1] else np.tile(np.arange(k), (len(dist), 1))
+    order = np.take_along_axis(dist, part, axis=1).argsort(axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def ranking_distance(ranked: np.ndarray, num_gallery: int) -> np.ndarray:
+    """A distance matrix that orders each query's gallery as ``ranked`` (rank r -> r; unranked -> after all)."""
+    dist = np.full((len(ranked), num_gallery), float(num_gallery), dtype=np.float32)
+    np.put_along_axis(dist, ranked, np.arange(ranked.shape[1], dtype=np.float32)[None, :], axis=1)
+    return dist
+
+
+def metrics_from_distance(cfg, dist: np.ndarray, query: FeatureSet, gallery: FeatureSet) -> dict[str, Any]:
+    """VeRi/Market-protocol mAP, CMC, mINP over the full ranking, and the AIC rank-100 mAP of the ranked list."""
+    cams: tuple[Any, Any] = (query.camera_ids, gallery.camera_ids)
+    if not all(c for c in np.concatenate(cams)):
+        cams = (None, None)  # datasets without cameras (VehicleID): no same-camera filtering
+    full = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *cams)
+    ranked = ranking(cfg, dist, gallery)
+    aic = evaluate_aic(ranking_distance(ranked, len(gallery)), query.vehicle_ids, gallery.vehicle_ids,
+                       top_k=min(AIC_TOP_K, len(gallery)))
+    metrics = {"mAP": float(full["mAP"]), "mINP": float(full["mINP"]), "rank1": float(full["cmc"][0]),
+               "rank5": float(full["cmc"][4]), "rank10": float(full["cmc"][9]),
+               "num_query": int(full["num_query"]), "num_skipped": int(full["num_skipped"]),
+               "num_gallery": len(gallery), "aic_mAP@100": float(aic["mAP"]), "aic_rank1": float(aic["rank1"])}
+    metrics["_per_query"] = full
+    return metrics
+
+
+def per_query_csv(query: FeatureSet, per_query: dict[str, Any]) -> str:
+    """One row per query: image, id, camera, AP, INP and the rank of its first true match (1-based)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["query", "vehicle_id", "camera_id", "ap", "inp", "first_match_rank"])
+    for i in range(len(query)):
+        first = int(per_query["first_match_rank"][i])
+        writer.writerow([Path(query.paths[i]).name, query.vehicle_ids[i], query.camera_ids[i],
+                         f"{per_query['ap'][i]:.6f}", f"{per_query['inp'][i]:.6f}", first + 1 if first >= 0 else ""])
+    return buffer.getvalue()
+
+
+def write_per_query(path: Path, query: FeatureSet, per_query: dict[str, Any]) -> Path:
+    return atomic_write_text(path, per_query_csv(query, per_query))

@@ -1,0 +1,119 @@
+"""From saved FeatureSets: post-processing order, fusion checks, metrics and the rerank/ensemble/submit commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vreid.cli import EXIT_BAD_INPUT, main
+from vreid.config import load_config
+from vreid.engine.extract import FeatureSet
+from vreid.engine.postprocess import final_distance, metrics_from_distance, ranking, ranking_distance
+from vreid.errors import VreidError
+from vreid.retrieval import evaluate, k_reciprocal_rerank
+
+
+def feature_sets(tmp_path, num_ids=12, per_id=4, dim=16, seed=0, name="feats"):
+    """Clustered unit features: query = first image of each id, gallery = the rest, tracks per id."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids, dim))
+    feats, ids, cams, tracks, paths = [], [], [], [], []
+    for i in range(num_ids):
+        for k in range(per_id):
+            feats.append(centres[i] + 0.6 * rng.normal(size=dim))
+            ids.append(f"{i:04d}")
+            cams.append(f"c{k % 3}")
+            tracks.append(f"t{i}-{k % 3}")
+            paths.append(f"/x/{len(paths) + 1:06d}.jpg")
+    feats = np.asarray(feats, np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    q = np.arange(0, num_ids * per_id, per_id)
+    g = np.setdiff1d(np.arange(num_ids * per_id), q)
+
+    def fs(idx, renumber):
+        names = [f"/x/{j + 1:06d}.jpg" for j in range(len(idx))] if renumber else [paths[j] for j in idx]
+        return FeatureSet(feats[idx], np.array(ids)[idx], np.array(cams)[idx], np.array(tracks)[idx], np.array(names))
+
+    folder = tmp_path / name
+    query, gallery = fs(q, False), fs(g, True)
+    folder.mkdir(parents=True, exist_ok=True)
+    query.save(folder / "query.npz")
+    gallery.save(folder / "gallery.npz")
+    return folder, query, gallery
+
+
+def test_final_distance_plain_and_reranked(tmp_path):
+    _, q, g = feature_sets(tmp_path)
+    plain = final_distance(load_config(None, ["TEST.METRIC", "cosine"]), q, g)
+    assert np.allclose(plain, 1 - q.features @ g.features.T, atol=1e-5)
+    cfg = load_config(None, ["TEST.RERANK.ENABLED", "True", "TEST.RERANK.K1", "5", "TEST.RERANK.K2", "2"])
+    assert np.allclose(final_distance(cfg, q, g), k_reciprocal_rerank(q.features, g.features, 5, 2, 0.3), atol=1e-6)
+
+
+def test_fusion_needs_rerank_and_matching_images(tmp_path):
+    folder, q, g = feature_sets(tmp_path)
+    other, _, _ = feature_sets(tmp_path, seed=1, name="ori")  # same paths, other features
+    cfg = load_config(None, ["TEST.FUSION.ORIENTATION_DIR", str(other)])
+    with pytest.raises(VreidError, match="needs TEST.RERANK.ENABLED"):
+        final_distance(cfg, q, g)
+    fused = load_config(None, ["TEST.FUSION.ORIENTATION_DIR", str(other), "TEST.RERANK.ENABLED", "True",
+                               "TEST.RERANK.K1", "5", "TEST.RERANK.K2", "2"])
+    o_q, o_g = FeatureSet.load(other / "query.npz"), FeatureSet.load(other / "gallery.npz")
+    expected = k_reciprocal_rerank(q.features, g.features, 5, 2, 0.3,
+                                   extra_distance=[(np.concatenate([o_q.features, o_g.features]), -0.1)])
+    assert np.allclose(final_distance(fused, q, g), expected, atol=1e-6)
+    shuffled, _, _ = feature_sets(tmp_path, num_ids=11, name="bad")
+    with pytest.raises(VreidError, match="same query/gallery"):
+        final_distance(load_config(None, ["TEST.FUSION.CAMERA_DIR", str(shuffled), "TEST.RERANK.ENABLED", "True"]),
+                       q, g)
+
+
+def test_ranking_and_track_rerank_keep_tracks_together(tmp_path):
+    _, q, g = feature_sets(tmp_path)
+    dist = final_distance(load_config(), q, g)
+    ranked = ranking(load_config(), dist, g, top_k=10)
+    assert np.array_equal(ranked, np.argsort(dist, axis=1, kind="stable")[:, :10])
+    tracked = ranking(load_config(None, ["TEST.TRACK_RERANK", "True"]), dist, g, top_k=len(g))
+    for row in tracked:
+        seen = [g.track_ids[i] for i in row]
+        blocks = [t for k, t in enumerate(seen) if k == 0 or seen[k - 1] != t]
+        assert len(blocks) == len(set(blocks))  # each track appears as one block
+    pseudo = ranking_distance(ranked, len(g))
+    assert np.array_equal(np.argsort(pseudo, axis=1, kind="stable")[:, :10], ranked)
+
+
+def test_metrics_include_both_protocols(tmp_path):
+    _, q, g = feature_sets(tmp_path)
+    cfg = load_config()
+    dist = final_distance(cfg, q, g)
+    m = metrics_from_distance(cfg, dist, q, g)
+    ref = evaluate(dist, q.vehicle_ids, g.vehicle_ids, q.camera_ids, g.camera_ids)
+    assert m["mAP"] == pytest.approx(ref["mAP"]) and 0 <= m["aic_mAP@100"] <= 1 and m["num_query"] == 12
+
+
+def test_rerank_ensemble_submit_commands(tmp_path, caplog):
+    folder, q, g = feature_sets(tmp_path)
+    assert main(["rerank", "--features", str(folder), "--out", str(tmp_path / "rr"), "TEST.RERANK.K1", "5",
+                 "TEST.RERANK.K2", "2"]) == 0
+    metrics = json.loads((tmp_path / "rr" / "metrics.json").read_text())
+    assert metrics["rerank"] is True and (tmp_path / "rr" / "per_query.csv").read_text().count("\n") == 13
+    d1 = tmp_path / "rr" / "distance.npy"
+    np.save(tmp_path / "d2.npy", np.load(d1) * 3)
+    assert main(["ensemble", "--distances", str(d1), str(tmp_path / "d2.npy"), "--weights", "1", "1",
+                 "--out", str(tmp_path / "ens.npy")]) == 0
+    assert np.allclose(np.load(tmp_path / "ens.npy"), 2 * np.load(d1), atol=1e-5)
+    out = tmp_path / "track2.txt"
+    assert main(["submit", "--distance", str(d1), "--features", str(folder), "--out", str(out), "--top-k", "20"]) == 0
+    lines = out.read_text().splitlines()
+    best = np.argsort(np.load(d1), axis=1, kind="stable")[:, :20] + 1  # gallery names are 000001.jpg...
+    assert [list(map(int, line.split())) for line in lines] == best.tolist()
+    root = tmp_path / "AIC21_Track2_ReID"
+    root.mkdir()
+    (root / "name_query.txt").write_text("".join(f"{i + 1:06d}.jpg\n" for i in range(len(q))))
+    (root / "name_test.txt").write_text("".join(f"{i + 1:06d}.jpg\n" for i in range(len(g))))
+    assert main(["submit", "--check", str(out), "--root", str(tmp_path), "--top-k", "20"]) == 0
+    out.write_text("\n".join(lines[:-1]) + "\n")
+    assert main(["submit", "--check", str(out), "--root", str(tmp_path), "--top-k", "20"]) == EXIT_BAD_INPUT
+    assert "track2.txt" in caplog.text
