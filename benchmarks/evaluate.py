@@ -1,6 +1,9 @@
-"""Evaluation speed and memory at CityFlowV2-test scale: evaluate() on a random 1,103 x 31,238 distance matrix.
+"""Evaluation speed and memory at 2k, 10k and 32k images (CityFlowV2 test: 1,103 x 31,238).
 
-Usage: python benchmarks/eval_speed.py [--queries 1103] [--gallery 31238] [--ids 440] [--cameras 6] [--repeat 3]
+Usage: python benchmarks/evaluate.py [--sizes 2000,10000,32341] [--ids 440] [--cameras 6] [--repeat 3]
+       python benchmarks/evaluate.py --queries 1103 --gallery 31238     (one size)
+
+Each size n is split into queries and gallery in CityFlow's proportion (1,103 : 31,238).
 
 Prints the median wall time of vreid.retrieval.evaluate (VeRi protocol, same-id same-camera junk removed) and of
 evaluate_aic (top-100), the peak memory evaluate() allocates beyond its inputs (tracemalloc sees numpy buffers),
@@ -63,15 +66,26 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=1103)
-    parser.add_argument("--gallery", type=int, default=31238)
+    parser.add_argument("--sizes", default="2000,10000,32341", help="total images per run, comma-separated")
+    parser.add_argument("--queries", type=int, help="one run with this many queries (with --gallery)")
+    parser.add_argument("--gallery", type=int)
     parser.add_argument("--ids", type=int, default=440)
     parser.add_argument("--cameras", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-reference", action="store_true", help="do not time the dense baseline")
     args = parser.parse_args()
+    if args.queries and args.gallery:
+        run(args)
+        return
+    for n in map(int, args.sizes.split(",")):
+        args.queries = max(1, round(n * 1103 / 32341))
+        args.gallery = n - args.queries
+        run(args)
+        print()
 
+
+def run(args: argparse.Namespace) -> None:
     problem = make_problem(args)
     distmat = problem[0]
     print(f"{args.queries} x {args.gallery} float32 distances ({distmat.nbytes / 2**20:.0f} MiB), "
