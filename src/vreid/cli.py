@@ -212,6 +212,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from vreid.config import options_markdown
+
+    print(options_markdown(), end="")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(_config(args).dump(), end="")
     return 0
@@ -296,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="print the resolved config (defaults <- file <- overrides)")
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
+    docs = config.add_parser("docs", help="print every option with its default and meaning (a Markdown table)")
+    docs.set_defaults(func=cmd_config_docs)
     return parser
 
 

@@ -359,6 +359,32 @@ def load_config(config_file: str | Path | None = None, opts: Iterable[str] = ())
     return cfg
 
 
+def describe_options() -> list[tuple[str, str, str]]:
+    """(key, default as written, comment) for every option, read from this file's definitions.
+
+    The comments beside the defaults are the documentation; ``vreid config docs`` prints them as
+    the table of docs/configuration.md, so the two cannot drift apart.
+    """
+    import inspect
+    import re
+
+    rows = []
+    previous = ""
+    for line in inspect.getsource(inspect.getmodule(describe_options)).splitlines():
+        m = re.match(r"^_C\.([A-Z0-9_.]+) = (.+?)(?:\s+#\s*(.*))?$", line)
+        if m and "CN()" not in m.group(2):
+            comment = m.group(3) or (previous.strip()[1:].strip() if previous.strip().startswith("#") else "")
+            rows.append((m.group(1), m.group(2).strip(), comment))
+        previous = line
+    return rows
+
+
+def options_markdown() -> str:
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{k}` | `{d}` | {c.replace('|', chr(92) + '|')} |" for k, d, c in describe_options()]
+    return "\n".join(lines) + "\n"
+
+
 def save_config(cfg: CN, out_dir: str | Path) -> Path:
     """Write the resolved config next to a run's outputs, so the run can be repeated exactly."""
     return atomic_write_text(Path(out_dir) / "config.yaml", cfg.dump())
