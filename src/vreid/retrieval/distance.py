@@ -26,7 +26,8 @@ def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarra
     return x / np.maximum(norms, eps)
 
 
-def _as_feature_matrix(x: np.ndarray, name: str) -> np.ndarray:
+def as_feature_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as a floating (N, D) array, or a ValueError naming the argument."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got {x.shape}")
@@ -51,8 +52,8 @@ def pairwise_distance(
         raise ValueError(f"unknown distance metric {metric!r}; expected one of {', '.join(METRICS)}")
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
-    query = _as_feature_matrix(query, "query")
-    gallery = _as_feature_matrix(gallery, "gallery")
+    query = as_feature_matrix(query, "query")
+    gallery = as_feature_matrix(gallery, "gallery")
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
     dtype = np.result_type(query.dtype, gallery.dtype, np.float32)

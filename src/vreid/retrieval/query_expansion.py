@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from vreid.retrieval.distance import l2_normalize
+from vreid.retrieval.distance import as_feature_matrix, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,7 @@ BLOCK_ELEMENTS = 1 << 22  # similarities per block (~16 MiB float32 + 32 MiB int
 
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
-    return l2_normalize(x)
+    return l2_normalize(as_feature_matrix(x, name))
 
 
 def _check_params(top_k: int, alpha: float) -> None:
