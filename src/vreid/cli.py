@@ -212,6 +212,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate_train(args: argparse.Namespace) -> int:
+    from vreid.config import save_config
+    from vreid.prep.unit import train_unit
+    from vreid.prep.unit.train import unit_options
+
+    if "--resume" in args.opts:
+        args.opts.remove("--resume")
+        args.resume = True
+    cfg = _config(args)
+    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.OUTPUT_DIR)
+    result = train_unit(args.source, args.target, cfg.OUTPUT_DIR, unit_options(cfg), resume=args.resume)
+    log.info("translator: %s (%d iterations, %.2f it/s)", result["translator"], result["iteration"],
+             result["iterations_per_second"])
+    return 0
+
+
+def cmd_translate_apply(args: argparse.Namespace) -> int:
+    from vreid.prep.unit import translate_folder
+
+    count = translate_folder(args.checkpoint, args.input, args.out, direction=args.direction,
+                             batch_size=args.batch_size)
+    log.info("translated %d images into %s", count, args.out)
+    return 0
+
+
 def cmd_config_docs(args: argparse.Namespace) -> int:
     from vreid.config import options_markdown
 
@@ -291,6 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--top-k", type=int, default=100, help="entries per query (AI City: 100)")
     _add_config_args(submit)
     submit.set_defaults(func=cmd_submit)
+
+    prep = sub.add_parser("prep", help="data preparation: synthetic-to-real translation (UNIT)")
+    prep_sub = prep.add_subparsers(dest="prep_command", required=True)
+    translate = prep_sub.add_parser("translate", help="UNIT image translation").add_subparsers(
+        dest="translate_command", required=True)
+    t_train = translate.add_parser("train", help="train a translator between two image folders (UNIT.* keys)")
+    t_train.add_argument("--source", required=True, help="images of the source domain (e.g. synthetic)")
+    t_train.add_argument("--target", required=True, help="images of the target domain (e.g. real)")
+    t_train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pth")
+    _add_config_args(t_train)
+    t_train.set_defaults(func=cmd_translate_train)
+    t_apply = translate.add_parser("apply", help="translate a folder, keeping names, sizes and label files")
+    t_apply.add_argument("--checkpoint", required=True, help="OUTPUT_DIR/translator.pth of a training run")
+    t_apply.add_argument("--in", dest="input", required=True, help="folder to translate (recursively)")
+    t_apply.add_argument("--out", required=True, help="output folder (same layout)")
+    t_apply.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="a = --source of training")
+    t_apply.add_argument("--batch-size", type=int, default=16)
+    t_apply.set_defaults(func=cmd_translate_apply)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

@@ -174,6 +174,25 @@ _C.LOSSES.MALW.RECORD = "raw"  # record raw (official code) or weighted (paper t
 _C.LOSSES.MALW.UPDATE = "convex"  # convex: a*w + (1-a)*r (ours); paper: a*w + r (as printed)
 
 
+_C.UNIT = CN()  # synthetic-to-real image translation (vreid prep translate); method.md 4.7.1
+_C.UNIT.IMAGE_SIZE = 256  # square training/translation size (official crop 256)
+_C.UNIT.WIDTH = 64  # generator channels after the stem
+_C.UNIT.N_DOWNSAMPLE = 2  # stride-2 convolutions in each encoder
+_C.UNIT.N_RES = 4  # residual blocks per encoder and per generator
+_C.UNIT.N_SHARED = 1  # of which shared between the domains (the shared latent space)
+_C.UNIT.BATCH_SIZE = 1  # images per domain per iteration (official: 1)
+_C.UNIT.ITERATIONS = 200000  # training iterations (official: 1,000,000)
+_C.UNIT.LR = 1e-4  # Adam learning rate, halved every 100k iterations
+_C.UNIT.GAN_W = 1.0  # weight of the adversarial losses
+_C.UNIT.RECON_X_W = 10.0  # weight of the image reconstruction (VAE) loss
+_C.UNIT.RECON_KL_W = 0.01  # weight of the KL term of the VAE
+_C.UNIT.RECON_X_CYC_W = 10.0  # weight of the cycle reconstruction loss
+_C.UNIT.RECON_KL_CYC_W = 0.01  # weight of the KL term of the cycle
+_C.UNIT.SAMPLE_PERIOD = 1000  # iterations between sample grids (PNG) in OUTPUT_DIR/samples
+_C.UNIT.CHECKPOINT_PERIOD = 10000  # iterations between checkpoints (atomic; --resume continues exactly)
+_C.UNIT.AMP = "off"  # off | bf16 | fp16 (GPU only)
+
+
 def get_defaults() -> CN:
     """A fresh, mutable copy of the defaults."""
     return _C.clone()
@@ -326,6 +345,7 @@ def validate(cfg: CN) -> None:
         "SOLVER.OPTIMIZER": ("adam", "sgd"),
         "SOLVER.SCHEDULER": ("cosine", "cosine_step", "step"),
         "SOLVER.AMP": ("off", "bf16", "fp16"),
+        "UNIT.AMP": ("off", "bf16", "fp16"),
         "TEST.METRIC": ("euclidean", "cosine"),
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
         "INPUT.ERASING.VALUE": ("random", "zero"),
