@@ -238,6 +238,22 @@ def cmd_translate_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_masks(args: argparse.Namespace) -> int:
+    from vreid.data.loader import mask_dir, prepare_training_data
+    from vreid.prep.masks import FolderMaskSource, MaskRCNNSource, compute_masks
+
+    if bool(args.weights) == bool(args.mask_folder):
+        raise VreidError("prep masks needs exactly one of --weights (Mask R-CNN, a local file) or --mask-folder")
+    cfg = _config(args)
+    records = prepare_training_data(cfg).records
+    source = MaskRCNNSource(args.weights) if args.weights else FolderMaskSource(args.mask_folder)
+    cache = mask_dir(cfg)
+    masks = compute_masks([r.path for r in records], cache, source, batch_size=args.batch_size, device=args.device,
+                          root=cfg.DATASETS.ROOT_DIR)
+    log.info("%d of %d training images have a vehicle mask in %s", len(masks), len(records), cache)
+    return 0
+
+
 def cmd_config_docs(args: argparse.Namespace) -> int:
     from vreid.config import options_markdown
 
@@ -318,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(submit)
     submit.set_defaults(func=cmd_submit)
 
-    prep = sub.add_parser("prep", help="data preparation: synthetic-to-real translation (UNIT)")
+    prep = sub.add_parser("prep", help="data preparation: synthetic-to-real translation (UNIT), foreground masks")
     prep_sub = prep.add_subparsers(dest="prep_command", required=True)
     translate = prep_sub.add_parser("translate", help="UNIT image translation").add_subparsers(
         dest="translate_command", required=True)
@@ -335,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     t_apply.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="a = --source of training")
     t_apply.add_argument("--batch-size", type=int, default=16)
     t_apply.set_defaults(func=cmd_translate_apply)
+
+    masks = prep_sub.add_parser("masks", help="foreground masks of the training images, for the background swap")
+    masks.add_argument("--weights", help="Mask R-CNN weights file (torchvision maskrcnn_resnet50_fpn, COCO)")
+    masks.add_argument("--mask-folder", help="use existing masks (PNG, same relative paths) instead")
+    masks.add_argument("--device", default="cpu")
+    masks.add_argument("--batch-size", type=int, default=4)
+    _add_config_args(masks)
+    masks.set_defaults(func=cmd_masks)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

@@ -66,6 +66,10 @@ _C.INPUT.COLOR_JITTER.HUE = 0.0  # hue shift range
 _C.INPUT.AUGMIX_PROB = 0.25  # probability of AugMix (severity 1, width 3, depth 1, as the official code)
 _C.INPUT.RANDOM_PATCH_PROB = 0.25  # probability of pasting a patch cut from an earlier image (occlusion)
 _C.INPUT.BLUR_PROB = 0.25  # probability of a 5x5 Gaussian blur, sigma 1.3
+_C.INPUT.BACKGROUND_SWAP = CN()
+_C.INPUT.BACKGROUND_SWAP.PROB = 0.0  # paste the vehicle onto another image's background (official: 0.6); needs masks
+_C.INPUT.BACKGROUND_SWAP.MASK_DIR = ""  # mask cache of `vreid prep masks` ("" = DATASETS.ROOT_DIR/masks)
+_C.INPUT.BACKGROUND_SWAP.FILL = "blur"  # how the other image's vehicle hole is filled: blur (in-painting) | mean
 _C.INPUT.ERASING = CN()
 _C.INPUT.ERASING.PROB = 0.5  # probability of random erasing
 _C.INPUT.ERASING.MAX_AREA = 0.4  # largest erased fraction of the image
@@ -318,6 +322,7 @@ def _get(cfg: CN, dotted: str) -> Any:
 
 def validate(cfg: CN) -> None:
     """Check values that have a fixed set of choices, naming the key."""
+    from vreid.data.background_swap import FILLS
     from vreid.data.formats import DATASET_NAMES
     from vreid.data.records import LABEL_KINDS
     from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
@@ -349,6 +354,7 @@ def validate(cfg: CN) -> None:
         "TEST.METRIC": ("euclidean", "cosine"),
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
         "INPUT.ERASING.VALUE": ("random", "zero"),
+        "INPUT.BACKGROUND_SWAP.FILL": FILLS,
     }
     for key, allowed in choices.items():
         value = _get(cfg, key)

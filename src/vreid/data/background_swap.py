@@ -19,6 +19,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def soft_mask(mask: np.ndarray, feather: int = 1) -> np.ndarray:
     m = mask.astype(np.float32)
     if feather <= 0 or not mask.any():
         return m
-    blurred = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").filter(ImageFilter.BoxBlur(feather))
+    blurred = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).filter(ImageFilter.BoxBlur(feather))
     return np.maximum(m, np.asarray(blurred, dtype=np.float32) / 255.0)
 
 
@@ -177,10 +178,11 @@ class BackgroundSwap:
     Call it as ``swap(image, path)`` on the decoded RGB image of ``path``, before the other transforms. The
     candidate backgrounds are the images of ``records_or_paths`` with a mask in ``mask_index`` (see
     :func:`vreid.prep.masks.load_mask_index`; keys are paths relative to ``root``, by default the folder
-    holding ``cache_dir``). An image without a mask (none found, or outside ``root``) is returned unchanged,
-    as is one with no other candidate background. The vehicle's mask is feathered outwards by ``feather`` px;
-    up to ``cache_size`` filled backgrounds are kept per process (at native size, so the output does not
-    depend on the cache).
+    holding ``cache_dir``); they are also the only images it swaps. An image without a mask (none found,
+    outside ``root``, not listed) is returned unchanged, as is one with no other candidate background. The
+    vehicle's mask is feathered outwards by ``feather`` px, the other vehicle's hole grown by ``dilation`` px
+    before filling (:func:`fill_background`); up to ``cache_size`` filled backgrounds are kept per process
+    (at native size, so the output does not depend on the cache; with a large set most picks miss it).
     """
 
     def __init__(
@@ -235,7 +237,7 @@ class BackgroundSwap:
 
     @classmethod
     def from_cache(cls, records_or_paths: Iterable[ImageRecord | str | Path], cache_dir: str | Path,
-                   **kwargs) -> BackgroundSwap:
+                   **kwargs: Any) -> BackgroundSwap:
         """The swap for a mask cache made by :func:`vreid.prep.masks.compute_masks` (reads its index)."""
         return cls(records_or_paths, load_mask_index(cache_dir), cache_dir, **kwargs)
 

@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,24 +87,29 @@ class TrainDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[ImageRecord], labels: Sequence[int], domains: Sequence[int],
-                 transform: Callable[[Image.Image], Any], skip_unreadable: bool = False):
+                 transform: Callable[[Image.Image], Any], skip_unreadable: bool = False,
+                 pre_transform: Callable[[Image.Image, Any], Image.Image] | None = None):
         self.records, self.labels, self.domains = records, labels, domains
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.pre_transform = pre_transform  # (image, path) -> image, e.g. the background swap
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, sample_seed = item
+        path = self.records[index].path
         try:
-            image = read_image(self.records[index].path)
+            image = read_image(path)
+            seed_sample(sample_seed)
+            if self.pre_transform is not None:  # may read another image (a background): same skip rule
+                image = self.pre_transform(image, path)
         except DatasetError:
             if not self.skip_unreadable:
                 raise
-            log.warning("skipping unreadable image %s", self.records[index].path)
-            return {"skipped": str(self.records[index].path)}
-        seed_sample(sample_seed)
+            log.warning("skipping unreadable image %s", path)
+            return {"skipped": str(path)}
         return {"image": self.transform(image), "label": self.labels[index], "domain": self.domains[index],
                 "index": index}
 
@@ -121,8 +127,28 @@ def build_train_sampler(cfg, data: TrainingData, rank: int = 0, world_size: int 
     raise ValueError(f"DATALOADER.SAMPLER: unknown sampler {kind!r}")
 
 
+def mask_dir(cfg) -> Path:
+    return Path(cfg.INPUT.BACKGROUND_SWAP.MASK_DIR or Path(cfg.DATASETS.ROOT_DIR) / "masks")
+
+
+def build_background_swap(cfg, data: TrainingData):
+    """The background swap of ``INPUT.BACKGROUND_SWAP`` (None when its probability is 0)."""
+    swap = cfg.INPUT.BACKGROUND_SWAP
+    if swap.PROB <= 0:
+        return None
+    from vreid.data.background_swap import BackgroundSwap
+
+    cache = mask_dir(cfg)
+    if not (cache / "masks.json").is_file():
+        raise DatasetError("INPUT.BACKGROUND_SWAP.PROB > 0 needs foreground masks: run `vreid prep masks` first",
+                           path=cache / "masks.json")
+    return BackgroundSwap.from_cache(data.records, cache, p=swap.PROB, fill=swap.FILL,
+                                     root=Path(cfg.DATASETS.ROOT_DIR))
+
+
 def build_train_loader(cfg, data: TrainingData, transform, sampler) -> torch.utils.data.DataLoader:
-    dataset = TrainDataset(data.records, data.labels, data.domains, transform, cfg.DATALOADER.SKIP_UNREADABLE)
+    dataset = TrainDataset(data.records, data.labels, data.domains, transform, cfg.DATALOADER.SKIP_UNREADABLE,
+                           pre_transform=build_background_swap(cfg, data))
     workers = cfg.DATALOADER.NUM_WORKERS
     # Own generator: creating the loader's iterator must not consume the global RNG (exact resume).
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,

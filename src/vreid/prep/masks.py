@@ -100,7 +100,7 @@ def save_mask_index(cache_dir: str | Path, index: Mapping[str, str | None]) -> P
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     """A boolean HxW mask as an 8-bit PNG (255 = vehicle), written atomically (a kill leaves no half file)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buffer, "PNG")
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(buffer, "PNG")
     return atomic_write_bytes(path, buffer.getvalue())
 
 
