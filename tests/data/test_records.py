@@ -66,3 +66,11 @@ def test_orientation_and_camera_labels_use_the_same_relabelling():
         class_key(rec("z", "1"), "orientation")
     with pytest.raises(ValueError, match="label must be one of"):
         class_key(records[0], "colour")
+
+
+def test_hold_out_without_cameras_keeps_a_match_per_query():
+    records = [rec(f"{v}{k}", v, None) for v in "abcd" for k in range(3)]
+    train, query, gallery = hold_out_split(records, num_ids=2, seed=1, queries_per_id=2)
+    assert len(query) == 4 and len(gallery) == 2 and len(train) == 6
+    for q in query:
+        assert any(g.vehicle_id == q.vehicle_id for g in gallery)

@@ -195,6 +195,10 @@ def hold_out_split(
             if len(chosen) == queries_per_id:
                 break
             cam = items[i].camera_id
+            if cam is None:  # no cameras (VehicleID): any other image of the id is a valid match
+                if len(items) - len(chosen) > 1:
+                    chosen.append(i)
+                continue
             if any(items[c].camera_id == cam for c in chosen):
                 continue
             # keep i only if, without it and the queries already chosen, another camera still shows this id

@@ -88,12 +88,15 @@ def ranking_distance(ranked: np.ndarray, num_gallery: int) -> np.ndarray:
     return dist
 
 
+def protocol_cameras(query: FeatureSet, gallery: FeatureSet) -> tuple[Any, Any]:
+    """The camera arrays for the same-camera junk rule, or (None, None) where cameras are unknown (VehicleID)."""
+    cams = (query.camera_ids, gallery.camera_ids)
+    return cams if all(c for c in np.concatenate(cams)) else (None, None)
+
+
 def metrics_from_distance(cfg, dist: np.ndarray, query: FeatureSet, gallery: FeatureSet) -> dict[str, Any]:
     """VeRi/Market-protocol mAP, CMC, mINP over the full ranking, and the AIC rank-100 mAP of the ranked list."""
-    cams: tuple[Any, Any] = (query.camera_ids, gallery.camera_ids)
-    if not all(c for c in np.concatenate(cams)):
-        cams = (None, None)  # datasets without cameras (VehicleID): no same-camera filtering
-    full = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *cams)
+    full = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *protocol_cameras(query, gallery))
     ranked = ranking(cfg, dist, gallery)
     aic = evaluate_aic(ranking_distance(ranked, len(gallery)), query.vehicle_ids, gallery.vehicle_ids,
                        top_k=min(AIC_TOP_K, len(gallery)))

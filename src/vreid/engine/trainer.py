@@ -31,6 +31,7 @@ from vreid.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup
 from vreid.engine.ema import ModelEMA
 from vreid.engine.extract import extract_features
 from vreid.engine.optim import build_optimizer, lr_factor_from_config, set_lr
+from vreid.engine.postprocess import protocol_cameras
 from vreid.errors import VreidError
 from vreid.losses import build_criterion
 from vreid.models import build_model
@@ -89,7 +90,7 @@ def validate(cfg, model: nn.Module, data: TrainingData, device: torch.device, am
         query = extract_features(model, data.val_query, transform, **kwargs)
         gallery = extract_features(model, data.val_gallery, transform, **kwargs)
     dist = pairwise_distance(query.features, gallery.features, metric=cfg.TEST.METRIC)
-    result = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, query.camera_ids, gallery.camera_ids)
+    result = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *protocol_cameras(query, gallery))
     return {"mAP": float(result["mAP"]), "rank1": float(result["cmc"][0]), "mINP": float(result["mINP"])}
 
 
