@@ -97,3 +97,13 @@ def test_model_summary_prints_blocks_embedding_and_flops(capsys):
     assert "backbone.layer4" in out and "classifier" in out and "5,120" in out  # 512 x 10 classifier
     assert "embedding: 512-d" in out and "GFLOPs" in out
     assert main(["model", "summary", "MODEL.BACKBONE", "nonsense_net"]) == EXIT_BAD_INPUT
+
+
+def test_options_may_follow_config_overrides(tmp_path, capsys):
+    make_real(tmp_path)
+    assert main(["data", "summary", "DATASETS.ROOT_DIR", str(tmp_path), "--dataset", "aic21", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["images"] == 6
+    # a value that merely looks like a key stays where it is
+    assert main(["config", "show", "OUTPUT_DIR", "SEED", "SEED", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "OUTPUT_DIR: SEED" in out and "SEED: 4" in out

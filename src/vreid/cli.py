@@ -114,9 +114,6 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vreid.engine.trainer import train
 
-    if "--resume" in args.opts:  # also accepted after the KEY VALUE overrides
-        args.opts.remove("--resume")
-        args.resume = True
     train(_config(args), resume=args.resume)
     return 0
 
@@ -217,9 +214,6 @@ def cmd_translate_train(args: argparse.Namespace) -> int:
     from vreid.prep.unit import train_unit
     from vreid.prep.unit.train import unit_options
 
-    if "--resume" in args.opts:
-        args.opts.remove("--resume")
-        args.resume = True
     cfg = _config(args)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.OUTPUT_DIR)
@@ -376,8 +370,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def overrides_last(argv: Sequence[str]) -> list[str]:
+    """Move ``KEY VALUE`` config overrides after every option, so options may follow them.
+
+    argparse hands everything after the first override to the overrides; a token counts as a key only
+    if it is a real config key, so option values are never mistaken for one.
+    """
+    from vreid.config import _flat_keys, get_defaults
+
+    keys = set(_flat_keys(get_defaults()))
+    rest: list[str] = []
+    pairs: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in keys and i + 1 < len(argv):
+            pairs += argv[i : i + 2]
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest + pairs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(overrides_last(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -446,7 +446,8 @@ def unit_options(cfg):
     """``cfg.UNIT`` -> the translator's options (the one place that maps them)."""
     u = cfg.UNIT
     return UnitOptions(image_size=u.IMAGE_SIZE, width=u.WIDTH, n_downsample=u.N_DOWNSAMPLE, n_res=u.N_RES,
-                       n_shared=u.N_SHARED, batch_size=u.BATCH_SIZE, iterations=u.ITERATIONS, lr=u.LR,
+                       n_shared=u.N_SHARED, dis_width=u.DIS_WIDTH, dis_layers=u.DIS_LAYERS,
+                       dis_scales=u.DIS_SCALES, batch_size=u.BATCH_SIZE, iterations=u.ITERATIONS, lr=u.LR,
                        gan_w=u.GAN_W, recon_x_w=u.RECON_X_W, recon_kl_w=u.RECON_KL_W,
                        recon_x_cyc_w=u.RECON_X_CYC_W, recon_kl_cyc_w=u.RECON_KL_CYC_W,
                        sample_period=u.SAMPLE_PERIOD, checkpoint_period=u.CHECKPOINT_PERIOD, amp=u.AMP,
