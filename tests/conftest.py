@@ -38,6 +38,14 @@ def write_lines(path: Path, lines: Iterable[str], trailing_newline: bool = True)
     return path
 
 
+def error_at(exc: pytest.ExceptionInfo, path: Path, line: int | None = None) -> str:
+    """The error message, after checking that it names ``path`` (and ``line``: ``path:line:``)."""
+    msg = str(exc.value)
+    where = f"{path}:{line}:" if line is not None else str(path)
+    assert where in msg, msg
+    return msg
+
+
 @pytest.fixture
 def shared_vehicle2cam() -> Path:
     root = SHARED / "data" / "vehicle-2cam"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import error_at as _err
 from vreid.data.formats import vehicleid
 from vreid.errors import DatasetError
 
@@ -32,13 +33,6 @@ def make_vehicleid(base: Path, folder: str = "VehicleID_V1.0") -> Path:
     (root / "attribute" / "model_attr.txt").write_text("1 101\n10 7\n011 9\n")  # "011" = vehicle 11
     (root / "attribute" / "color_attr.txt").write_text("10 3\n")
     return root
-
-
-def _err(exc: pytest.ExceptionInfo[DatasetError], path: Path, line: int | None = None) -> str:
-    msg = str(exc.value)
-    where = f"{path}:{line}:" if line is not None else str(path)
-    assert where in msg, msg
-    return msg
 
 
 def _key(records: list) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import error_at as _err
 from vreid.data.formats import veri776
 from vreid.errors import DatasetError
 
@@ -78,13 +79,6 @@ def make_veri(base: Path, folder: str = "VeRi") -> Path:
     (root / "gt_index.txt").write_text("3\n5\n")
     (root / "jk_index.txt").write_text("1 2\n4\n")
     return root
-
-
-def _err(exc: pytest.ExceptionInfo[DatasetError], path: Path, line: int | None = None) -> str:
-    msg = str(exc.value)
-    where = f"{path}:{line}:" if line is not None else str(path)
-    assert where in msg, msg
-    return msg
 
 
 def test_reads_splits_ids_cameras_and_attrs(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import error_at as _err
 from vreid.data.formats import veriwild
 from vreid.errors import DatasetError
 
@@ -38,13 +39,6 @@ def make_wild(base: Path, folder: str = "VERI-Wild") -> Path:
     info += [f"{k};{c};2018-03-0{int(c) % 9 + 1} 10:00:00;Model {c};SUV;white" for k, c in CAMERAS.items()]
     (split / "vehicle_info.txt").write_text("\n".join(info) + "\n")
     return root
-
-
-def _err(exc: pytest.ExceptionInfo[DatasetError], path: Path, line: int | None = None) -> str:
-    msg = str(exc.value)
-    where = f"{path}:{line}:" if line is not None else str(path)
-    assert where in msg, msg
-    return msg
 
 
 def _keys(records: list) -> list[str]:
