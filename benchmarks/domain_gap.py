@@ -184,16 +184,39 @@ def translation_picture(city: Path, translated: Path, masks: Path | None, out: P
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def batches_per_epoch(root: Path, overrides: list[str]) -> int:
+    """Batches one epoch of this row's sampler yields (the trainer's epoch), read through vreid itself."""
+    from vreid.config import load_config
+    from vreid.data.loader import build_train_sampler, prepare_training_data
+
+    cfg = load_config(CONFIG, ["DATASETS.ROOT_DIR", str(root), *overrides])
+    return len(build_train_sampler(cfg, prepare_training_data(cfg)))
+
+
+def summarise(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * float(np.mean(values)):.1f} ± {100 * float(np.std(values, ddof=1)):.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/vreid_domain_gap", help="everything is written here (must not exist "
                     "unless --reuse)")
     ap.add_argument("--reuse", action="store_true", help="keep finished steps of an earlier run in --work")
+    ap.add_argument("--city", help="use this `vreid synth` output instead of rendering one (--ids etc. ignored)")
+    ap.add_argument("--translated", help="an existing UNIT translation of the city's sim-like part (a folder "
+                    f"holding {SIM}/, e.g. from benchmarks/gpu_unit.sh) instead of training UNIT here")
     ap.add_argument("--ids", type=int, default=40, help="real-like identities (half train, half test)")
     ap.add_argument("--sim-ids", type=int, default=60, help="sim-like identities")
     ap.add_argument("--cameras", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0, help="city, UNIT and training seed")
-    ap.add_argument("--epochs", type=int, default=3, help="SOLVER.MAX_EPOCHS of every row")
+    ap.add_argument("--seed", type=int, default=0, help="city and UNIT seed")
+    ap.add_argument("--train-seeds", default="0", help="comma-separated training seeds; each row is trained once "
+                    "per seed and the table gives mean ± sample std")
+    ap.add_argument("--epochs", type=int, default=3, help="SOLVER.MAX_EPOCHS of every row (when --steps is 0)")
+    ap.add_argument("--steps", type=int, default=0, help="train every row for about this many optimisation steps "
+                    "(epochs = ceil(steps / the row's batches per epoch), warm-up an eighth of them); 0: --epochs "
+                    "for every row")
     ap.add_argument("--size", type=int, default=64, help="INPUT.SIZE_TRAIN/SIZE_TEST (square)")
     ap.add_argument("--unit-size", type=int, default=64)
     ap.add_argument("--unit-width", type=int, default=16)
@@ -206,6 +229,7 @@ def main() -> None:
     rows = [r for r in args.rows.split(",") if r]
     if unknown := [r for r in rows if r not in ROWS]:
         ap.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    seeds = [int(x) for x in args.train_seeds.split(",") if x]
 
     vreid = vreid_exe()
     work = Path(args.work).resolve()
@@ -218,6 +242,8 @@ def main() -> None:
     print(f"load before start: {load()}  ({os.cpu_count()} CPUs)", flush=True)
 
     # 1. the city
+    if args.city and not city.exists():
+        city.symlink_to(Path(args.city).resolve())
     if not (city / "synth_options.json").is_file():
         timings["synth"] = run([vreid, "synth", "--out", str(city), "--ids", str(args.ids), "--sim-ids",
                                 str(args.sim_ids), "--cameras", str(args.cameras), "--seed", str(args.seed),
@@ -225,9 +251,13 @@ def main() -> None:
     counts = json.loads((city / "synth_options.json").read_text())["counts"]
     print(f"city: {counts}", flush=True)
 
-    # 2. UNIT sim -> real, and the translated copy beside a link to the real-like part
+    # 2. UNIT sim -> real (or a given translation), and the translated copy beside a link to the real-like part
     need_unit = any(r in rows for r in ("real+unit", "+mixstyle", "+bgswap"))
-    if need_unit and not (unit / "translator.pth").is_file():
+    troot.mkdir(exist_ok=True)
+    if need_unit and args.translated and not (troot / SIM).exists():
+        given = Path(args.translated).resolve()
+        (troot / SIM).symlink_to(given / SIM if (given / SIM).is_dir() else given)
+    if need_unit and not (troot / SIM / "train_label.xml").is_file() and not (unit / "translator.pth").is_file():
         print(f"load before UNIT: {load()}", flush=True)
         timings["unit_train"] = run(
             [vreid, "prep", "translate", "train", "--source", str(city / SIM / "sys_image_train"),
@@ -250,9 +280,8 @@ def main() -> None:
         run([vreid, "prep", "masks", "--mask-folder", str(masks), "--config-file", str(CONFIG),
              "DATASETS.ROOT_DIR", str(troot)], logs / "masks.log")
 
-    # 4. train and test every row
-    common = ["SEED", str(args.seed), "SOLVER.MAX_EPOCHS", str(args.epochs),
-              "INPUT.SIZE_TRAIN", f"({args.size}, {args.size})", "INPUT.SIZE_TEST", f"({args.size}, {args.size})",
+    # 4. train and test every row, once per training seed
+    common = ["INPUT.SIZE_TRAIN", f"({args.size}, {args.size})", "INPUT.SIZE_TEST", f"({args.size}, {args.size})",
               *args.extra]
     both = "('aic21', 'aic21_synthetic')"
     mix = ["DATALOADER.SAMPLER", "pk_domain", "MODEL.MIXSTYLE.ENABLED", "True", "MODEL.MIXSTYLE.MIX", "domain"]
@@ -268,52 +297,60 @@ def main() -> None:
     results_file = work / "results.json"
     if results_file.is_file() and args.reuse:
         results = json.loads(results_file.read_text())["rows"]
-    for name in rows:
-        if name in results:
-            continue
-        root, extra = plans[name]
-        out = work / "runs" / name.replace("+", "plus_")
-        if out.exists():
-            shutil.rmtree(out)  # an unfinished earlier attempt
-        before = load()
-        train_s = run([vreid, "train", "--config-file", str(CONFIG), "DATASETS.ROOT_DIR", str(root),
-                       "OUTPUT_DIR", str(out), *extra, *common], logs / f"train_{out.name}.log")
-        test_s = run([vreid, "test", "--config-file", str(CONFIG), "DATASETS.ROOT_DIR", str(city),
-                      "TEST.WEIGHT", str(out / "model_final.pth"), "OUTPUT_DIR", str(out / "test"), *common],
-                     logs / f"test_{out.name}.log")
-        m = json.loads((out / "test" / "metrics.json").read_text())
-        results[name] = {"mAP": m["mAP"], "rank1": m["rank1"], "rank5": m["rank5"], "train_s": train_s,
-                         "test_s": test_s, "load_before": before, "load_after": load(),
-                         "num_query": m["num_query"], "num_gallery": m["num_gallery"]}
-        print(f"{name}: mAP {m['mAP']:.3f} rank-1 {m['rank1']:.3f} (train {train_s:.0f} s, load {before})",
-              flush=True)
-        if results_file.is_file():  # merge: another invocation (--reuse --rows ...) may have added rows
-            saved = json.loads(results_file.read_text())
-            results = {**saved["rows"], **results}
-            timings = {**saved.get("timings", {}), **timings}
-        results_file.write_text(json.dumps({"args": vars(args), "counts": counts, "timings": timings,
-                                            "rows": results}, indent=1))
+    for seed in seeds:
+        for name in rows:
+            key = f"{name}@{seed}"
+            if key in results:
+                continue
+            root, extra = plans[name]
+            per_epoch = batches_per_epoch(root, [*extra, *common])
+            epochs = max(1, -(-args.steps // per_epoch)) if args.steps else args.epochs
+            settings = ["SEED", str(seed), "SOLVER.MAX_EPOCHS", str(epochs), *common]
+            if args.steps:  # the same warm-up in steps for every row: an eighth of them
+                settings += ["SOLVER.WARMUP_EPOCHS", f"{epochs / 8:.4f}"]
+            out = work / "runs" / f"{name.replace('+', 'plus_')}_seed{seed}"
+            if out.exists():
+                shutil.rmtree(out)  # an unfinished earlier attempt
+            before = load()
+            train_s = run([vreid, "train", "--config-file", str(CONFIG), "DATASETS.ROOT_DIR", str(root),
+                           "OUTPUT_DIR", str(out), *extra, *settings], logs / f"train_{out.name}.log")
+            test_s = run([vreid, "test", "--config-file", str(CONFIG), "DATASETS.ROOT_DIR", str(city),
+                          "TEST.WEIGHT", str(out / "model_final.pth"), "OUTPUT_DIR", str(out / "test"), *settings],
+                         logs / f"test_{out.name}.log")
+            m = json.loads((out / "test" / "metrics.json").read_text())
+            results[key] = {"row": name, "seed": seed, "mAP": m["mAP"], "rank1": m["rank1"], "rank5": m["rank5"],
+                            "epochs": epochs, "steps": epochs * per_epoch, "train_s": train_s, "test_s": test_s,
+                            "load_before": before, "load_after": load(), "num_query": m["num_query"],
+                            "num_gallery": m["num_gallery"]}
+            print(f"{key}: mAP {m['mAP']:.3f} rank-1 {m['rank1']:.3f} ({epochs} epochs = {epochs * per_epoch} "
+                  f"steps, train {train_s:.0f} s, load {before})", flush=True)
+            if results_file.is_file():  # merge: another invocation (--reuse --rows ...) may have added rows
+                saved = json.loads(results_file.read_text())
+                results = {**saved["rows"], **results}
+                timings = {**saved.get("timings", {}), **timings}
+            results_file.write_text(json.dumps({"args": vars(args), "counts": counts, "timings": timings,
+                                                "rows": results}, indent=1))
 
     # 5. the picture
     if need_unit and args.picture:
         translation_picture(city, troot, masks if masks.is_dir() else None, Path(args.picture))
         print(f"picture: {args.picture} ({Path(args.picture).stat().st_size / 1024:.0f} KB)")
 
-    print(f"\nseed {args.seed}; city --ids {args.ids} --sim-ids {args.sim_ids} --cameras {args.cameras} {counts}")
-    print(f"every row: configs/demo/city.yml {' '.join(common)}")
+    print(f"\ncity {counts}; training seeds {seeds}")
+    print(f"every row: configs/demo/city.yml SEED s SOLVER.MAX_EPOCHS e {' '.join(common)}")
     if "unit_train" in timings:
         print(f"UNIT: {args.unit_iters} it at {args.unit_size}px width {args.unit_width} n_res {args.unit_n_res}: "
               f"train {timings['unit_train']:.0f} s, apply {timings.get('unit_apply', 0):.0f} s")
-    print("\n| row | mAP | rank-1 | rank-5 | train s | test s | load (1/5/15 min) before |")
+    print("\n| row | mAP | rank-1 | rank-5 | steps | train s (each) | per-seed mAP |")
     print("|---|---|---|---|---|---|---|")
-    if results_file.is_file():
-        results = {**json.loads(results_file.read_text())["rows"], **results}
     for name in rows:
-        if name not in results:
+        got = [results[f"{name}@{s}"] for s in seeds if f"{name}@{s}" in results]
+        if not got:
             continue
-        r = results[name]
-        print(f"| {ROWS[name].strip()} | {100 * r['mAP']:.1f} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | "
-              f"{r['train_s']:.0f} | {r['test_s']:.0f} | {r['load_before']} |")
+        print(f"| {ROWS[name].strip()} | {summarise([r['mAP'] for r in got])} | "
+              f"{summarise([r['rank1'] for r in got])} | {summarise([r['rank5'] for r in got])} | "
+              f"{got[0]['steps']} | {np.mean([r['train_s'] for r in got]):.0f} | "
+              f"{' / '.join(format(100 * r['mAP'], '.1f') for r in got)} |")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ for backbone in ("resnet50_ibn_a", "resnext101_ibn_a"):
 PY
 "$PYTHON" -m vreid.cli synth --out "$OUT/city" --ids 200 --cameras 6 --seed 0 --overwrite --workers 8
 rm -rf "$OUT/train"
-/usr/bin/time -v "$PYTHON" -m vreid.cli train --config-file configs/demo/city.yml DATASETS.ROOT_DIR "$OUT/city" \
+time "$PYTHON" -m vreid.cli train --config-file configs/demo/city.yml DATASETS.ROOT_DIR "$OUT/city" \
     OUTPUT_DIR "$OUT/train" MODEL.BACKBONE resnet50_ibn_a INPUT.SIZE_TRAIN "(256, 256)" INPUT.SIZE_TEST "(256, 256)" \
     SOLVER.IMS_PER_BATCH 64 SOLVER.MAX_EPOCHS 4 DATALOADER.NUM_WORKERS 8 SOLVER.AMP bf16 2>&1 | tail -25
 "$PYTHON" -m vreid.cli test --config-file configs/demo/city.yml DATASETS.ROOT_DIR "$OUT/city" \

@@ -113,6 +113,18 @@ def test_every_option_is_documented():
     assert table in doc, "docs/configuration.md is stale: paste the output of `vreid config docs`"
 
 
+def test_integers_are_accepted_for_float_options(tmp_path):
+    """yacs alone rejects ``SOLVER.BASE_LR 1`` (int vs float); an integer is a valid float, floats are not ints."""
+    cfg = load_config(None, ["SOLVER.BASE_LR", "1", "UNIT.TIME_LIMIT", "240"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float) and cfg.UNIT.TIME_LIMIT == 240.0
+    cfg = load_config(write(tmp_path / "f.yml", "SOLVER:\n  BASE_LR: 2\n"))
+    assert cfg.SOLVER.BASE_LR == 2.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    with pytest.raises(ConfigError, match="SOLVER.MAX_EPOCHS"):
+        load_config(None, ["SOLVER.MAX_EPOCHS", "2.5"])
+    with pytest.raises(ConfigError, match="SOLVER.BASE_LR"):
+        load_config(None, ["SOLVER.BASE_LR", "fast"])
+
+
 def test_string_options_stay_strings(tmp_path):
     """yacs literal-evaluates strings: "800" must stay the string the option expects, from a file or the CLI."""
     cfg = load_config(None, ["DATASETS.TEST_SPLIT", "800", "MODEL.PRETRAIN_PATH", "/w/a.pth", "OUTPUT_DIR", "1e3",

@@ -189,6 +189,7 @@ _C.UNIT.DIS_LAYERS = 4  # stride-2 convolutions per discriminator scale
 _C.UNIT.DIS_SCALES = 3  # scales of the multi-scale discriminator
 _C.UNIT.BATCH_SIZE = 1  # images per domain per iteration (official: 1)
 _C.UNIT.ITERATIONS = 200000  # training iterations (official: 1,000,000)
+_C.UNIT.TIME_LIMIT = 0.0  # seconds: stop early (checkpoint + translator written, --resume continues); 0 = none
 _C.UNIT.LR = 1e-4  # Adam learning rate, halved every 100k iterations
 _C.UNIT.GAN_W = 1.0  # weight of the adversarial losses
 _C.UNIT.RECON_X_W = 10.0  # weight of the image reconstruction (VAE) loss
@@ -276,13 +277,20 @@ def _as_text(value: Any) -> str:
     return repr(str(value))
 
 
-def _protect_strings(tree: dict[str, Any], defaults: CN) -> dict[str, Any]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(tree: dict[str, Any], defaults: CN) -> dict[str, Any]:
+    """Quote values of string options and widen integers given for float options (yacs rejects ``8`` for 8.0)."""
     out = {}
     for k, v in tree.items():
         if isinstance(defaults[k], CN):
-            out[k] = _protect_strings(v, defaults[k])
+            out[k] = _coerce(v, defaults[k])
         elif isinstance(defaults[k], str) and isinstance(v, (str, int, float)) and not isinstance(v, bool):
             out[k] = _as_text(v)
+        elif isinstance(defaults[k], float) and _is_int(v):
+            out[k] = float(v)
         else:
             out[k] = v
     return out
@@ -291,7 +299,7 @@ def _protect_strings(tree: dict[str, Any], defaults: CN) -> dict[str, Any]:
 def merge_file(cfg: CN, path: str | Path) -> None:
     tree = load_yaml_with_base(path)
     _check_keys(tree, cfg, str(path))
-    tree = _protect_strings(tree, cfg)
+    tree = _coerce(tree, cfg)
     try:
         cfg.merge_from_other_cfg(CN(tree))
     except (ValueError, KeyError, AssertionError) as exc:
@@ -307,8 +315,15 @@ def merge_overrides(cfg: CN, opts: Sequence[str]) -> None:
     for key, value in zip(opts[0::2], opts[1::2], strict=True):
         if key not in valid:
             raise _unknown_key_error(key, "command line", sorted(valid))
-        if isinstance(_get(cfg, key), str):
+        default = _get(cfg, key)
+        if isinstance(default, str):
             value = _as_text(value)
+        elif isinstance(default, float) and isinstance(value, str):
+            try:
+                if _is_int(ast.literal_eval(value)):
+                    value = repr(float(ast.literal_eval(value)))
+            except (ValueError, SyntaxError):
+                pass
         pairs += [key, value]
     try:
         cfg.merge_from_list(pairs)

@@ -156,6 +156,16 @@ def test_resume_is_exact(folders: tuple[Path, Path], tmp_path: Path) -> None:
         return [{k: v for k, v in r.items() if k != "iterations_per_second"} for r in _records(run / "losses.jsonl")]
 
     assert losses(part) == losses(tmp_path / "full")  # no duplicated or missing records either
+
+    # a time limit stops after the first iteration with a translator and a checkpoint; resume finishes exactly
+    timed = tmp_path / "timed"
+    stopped = train_unit(red, blue, timed, dataclasses.replace(TINY, time_limit=1e-9))
+    assert stopped["iteration"] == 1 and (timed / "translator.pth").is_file()
+    assert load_checkpoint(timed / "checkpoints" / "last.pth")["iteration"] == 1
+    finished = train_unit(red, blue, timed, TINY, resume=True)
+    assert finished["iteration"] == 10
+    c = load_checkpoint(timed / "translator.pth")["generator"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(VreidError, match="no checkpoint"):
         train_unit(red, blue, tmp_path / "nothing", TINY, resume=True)
     with pytest.raises(VreidError, match="network options"):

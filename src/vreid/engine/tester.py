@@ -35,7 +35,7 @@ CLASSIFIER_PREFIX = "classifier."
 
 def load_inference_model(cfg, device: torch.device) -> torch.nn.Module:
     """The network of ``cfg`` without its classifier, with the weights of ``TEST.WEIGHT``."""
-    model = build_model(cfg, 0)
+    model = build_model(cfg, 0, pretrained=not cfg.TEST.WEIGHT)
     if not cfg.TEST.WEIGHT:
         if not cfg.MODEL.PRETRAIN_PATH:
             raise VreidError("TEST.WEIGHT is empty: give the trained weights, e.g. TEST.WEIGHT out/model_final.pth")

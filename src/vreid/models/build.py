@@ -106,10 +106,15 @@ class ReIDNet(nn.Module):
         return out
 
 
-def build_model(cfg, num_classes: int) -> ReIDNet:
-    """The network described by ``cfg.MODEL`` with ``num_classes`` training classes (0: no classifier)."""
+def build_model(cfg, num_classes: int, pretrained: bool = True) -> ReIDNet:
+    """The network described by ``cfg.MODEL`` with ``num_classes`` training classes (0: no classifier).
+
+    ``pretrained=False`` skips ``MODEL.PRETRAIN_PATH`` (random initialisation): for loading trained weights,
+    which must not depend on the ImageNet file still being where training found it.
+    """
     m = cfg.MODEL
-    backbone = create_backbone(m.BACKBONE, last_stride=m.LAST_STRIDE, pretrained_path=m.PRETRAIN_PATH or None)
+    path = m.PRETRAIN_PATH if pretrained else ""
+    backbone = create_backbone(m.BACKBONE, last_stride=m.LAST_STRIDE, pretrained_path=path or None)
     dim = backbone.out_channels
     pool = POOLINGS[m.POOLING](p=m.GEM.P, learnable=m.GEM.LEARNABLE)
     head = None

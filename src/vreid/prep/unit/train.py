@@ -81,6 +81,7 @@ class UnitOptions:
     lr_gamma: float = 0.5
     batch_size: int = 1  # official value
     iterations: int = 200_000  # official max_iter is 1,000,000
+    time_limit: float = 0.0  # stop (checkpoint + translator written) after this many seconds; 0 = no limit
     gan_w: float = GAN_W
     recon_x_w: float = RECON_X_W
     recon_kl_w: float = RECON_KL_W
@@ -115,6 +116,7 @@ class UnitOptions:
              "(lower dis_scales or dis_layers)")
         need(0 < self.crop_min_scale <= 1, "crop_min_scale", "must be in (0, 1]")
         need(self.lr > 0, "lr", "must be > 0")
+        need(self.time_limit >= 0, "time_limit", "must be >= 0 (0 = no limit)")
         need(self.amp in AMP_DTYPES, "amp", f"must be one of {sorted(AMP_DTYPES)}")
 
     def architecture(self) -> dict[str, int]:
@@ -425,6 +427,10 @@ def _train(images_a: list[Path], images_b: list[Path], out: Path, options: UnitO
             write_samples(iteration)
         if options.checkpoint_period and iteration % options.checkpoint_period == 0 and iteration < options.iterations:
             save(iteration)
+        if options.time_limit and time.perf_counter() - t0 >= options.time_limit and iteration < options.iterations:
+            log.info("UNIT: time limit of %.0f s reached at iteration %d/%d; resume to continue",
+                     options.time_limit, iteration, options.iterations)
+            break
 
     seconds = time.perf_counter() - t0
     if iteration > start or not ckpt_path.exists():
@@ -451,4 +457,5 @@ def unit_options(cfg):
                        gan_w=u.GAN_W, recon_x_w=u.RECON_X_W, recon_kl_w=u.RECON_KL_W,
                        recon_x_cyc_w=u.RECON_X_CYC_W, recon_kl_cyc_w=u.RECON_KL_CYC_W,
                        sample_period=u.SAMPLE_PERIOD, checkpoint_period=u.CHECKPOINT_PERIOD, amp=u.AMP,
+                       time_limit=u.TIME_LIMIT,
                        seed=cfg.SEED, workers=cfg.DATALOADER.NUM_WORKERS)
