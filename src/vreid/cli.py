@@ -121,14 +121,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from vreid.engine.tester import run_test
 
-    run_test(_config(args))
+    run_test(_with_backend(args))
     return 0
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from vreid.engine.tester import run_extract
+def _with_backend(args: argparse.Namespace):
+    """The config with ``--backend`` applied as the override ``TEST.BACKEND`` (after the others)."""
+    from vreid.config import load_config
 
-    run_extract(_config(args), tuple(args.splits.split(",")))
+    return load_config(args.config_file, [*args.opts, *(["TEST.BACKEND", args.backend] if args.backend else [])])
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from vreid.engine.tester import run_extract, run_extract_folder
+
+    cfg = _with_backend(args)
+    if args.images:
+        run_extract_folder(cfg, args.images)
+    else:
+        run_extract(cfg, tuple(args.splits.split(",")))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vreid.deploy.export import run_export
+
+    result = run_export(_config(args), args.out, args.format, args.images, args.parity_images, args.min_cosine)
+    print(f"exported {result['path']} ({result['bytes'] / 2**20:.1f} MB, input {result['size'][0]}x"
+          f"{result['size'][1]}, dynamic batch, {result['feature_dim']}-d features)")
+    print(f"parity with PyTorch on {result['images']} real images: min cosine {result['min_cosine']:.7f}, "
+          f"mean {result['mean_cosine']:.7f}, max |diff| {result['max_abs_diff']:.2e} (required >= {args.min_cosine})")
     return 0
 
 
@@ -150,6 +172,95 @@ def cmd_rerank(args: argparse.Namespace) -> int:
 
         atomic_save_npy(out / "distance.npy", final_distance(cfg, query, gallery))
     log.info("re-ranked distance: %s", out / "distance.npy")
+    return 0
+
+
+def _embedder(args: argparse.Namespace):
+    from vreid.deploy.gallery import index_config
+    from vreid.engine.inference import Embedder
+
+    return Embedder(index_config(args.index, args.config_file, args.opts))
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from vreid.deploy.gallery import build_index
+
+    index = build_index(args.features, args.out, overwrite=args.overwrite, kind=args.kind, engine=args.engine,
+                        nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+    print(f"{args.out}: {len(index)} images, {index.dim}-d, {index.kind} search ({index.engine})")
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from vreid.data.formats.folder import image_records
+    from vreid.deploy.gallery import add_features, add_images
+    from vreid.retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)
+    if args.features:
+        ids = add_features(index, args.features)
+    else:
+        paths = [r.path for r in image_records(args.images)]
+        ids = add_images(index, _embedder(args), paths)
+    index.save(args.index)
+    print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the gallery holds {len(index)}")
+    return 0
+
+
+def cmd_index_remove(args: argparse.Namespace) -> int:
+    from vreid.retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)
+    ids = [*args.ids, *(index.ids_of_paths(args.paths) if args.paths else [])]
+    if not ids:
+        raise VreidError("index remove: give --ids and/or --paths")
+    index.remove(ids)
+    index.save(args.index)
+    print(f"removed {len(set(ids))} images; the gallery holds {len(index)}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from vreid.retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)
+    info = {"images": len(index), "dim": index.dim, "engine": index.engine, **index.options(),
+            "identities": len(set(index.meta["vehicle_ids"]) - {""}),
+            "cameras": len(set(index.meta["camera_ids"]) - {""})}
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vreid.deploy.gallery import search_files
+    from vreid.retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)
+    results = search_files(index, _embedder(args), args.image, args.top_k)
+    if args.json:
+        print(json.dumps([{"query": q, "results": [h.to_dict() for h in hits]}
+                          for q, hits in zip(args.image, results, strict=True)], indent=1))
+        return 0
+    for query, hits in zip(args.image, results, strict=True):
+        print(f"query {query}")
+        for h in hits:
+            print(f"{h.rank:4d}  {h.score:.4f}  id {h.vehicle_id or '-':>8s}  cam {h.camera_id or '-':>5s}  {h.path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vreid.deploy.service import Limits, create_app, serve
+
+    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files)
+    serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only), args.host, args.port)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from vreid.viz.report import write_report
+
+    path = write_report(args.results, args.out, worst=args.worst, top_k=args.top_k)
+    log.info("evaluation report: %s", path)
     return 0
 
 
@@ -296,13 +407,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     test = sub.add_parser("test", help="evaluate TEST.WEIGHT on the test query/gallery; writes metrics.json")
+    test.add_argument("--backend", choices=("torch", "onnxruntime"), help="sets TEST.BACKEND (default: auto, "
+                      "onnxruntime for an .onnx TEST.WEIGHT)")
     _add_config_args(test, required=True)
     test.set_defaults(func=cmd_test)
 
     extract = sub.add_parser("extract", help="write OUTPUT_DIR/<split>.npz FeatureSets of the test dataset")
     extract.add_argument("--splits", default="query,gallery", help="comma-separated splits (default query,gallery)")
+    extract.add_argument("--images", metavar="DIR", help="embed every image under DIR instead (recursive) into "
+                         "OUTPUT_DIR/gallery.npz; ids from file names matching DATASETS.FOLDER_PATTERN, else empty")
+    extract.add_argument("--backend", choices=("torch", "onnxruntime"), help="sets TEST.BACKEND (default: auto, "
+                         "onnxruntime for an .onnx TEST.WEIGHT)")
     _add_config_args(extract, required=True)
     extract.set_defaults(func=cmd_extract)
+
+    export = sub.add_parser("export", help="TEST.WEIGHT -> ONNX (dynamic batch), checked against PyTorch")
+    export.add_argument("--format", default="onnx", choices=("onnx",))
+    export.add_argument("--images", metavar="DIR", help="real images for the parity check (default: the test "
+                        "dataset's query/gallery)")
+    export.add_argument("--parity-images", type=int, default=16, help="how many images the check uses (default 16)")
+    export.add_argument("--min-cosine", type=float, default=0.9999, help="fail below this per-image cosine "
+                        "similarity of the two embeddings (default 0.9999)")
+    export.add_argument("out", metavar="OUT.onnx", help="file to write")
+    _add_config_args(export, required=True)
+    export.set_defaults(func=cmd_export)
 
     rerank = sub.add_parser("rerank", help="k-reciprocal re-ranking (and fusion, tracks, QE) of saved features")
     rerank.add_argument("--features", required=True, help="folder with query.npz and gallery.npz")
@@ -317,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="per-query normalisation before averaging")
     ensemble.add_argument("--out", required=True, help="output .npy")
     ensemble.set_defaults(func=cmd_ensemble)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page of a `vreid test` output folder")
+    rep.add_argument("--results", required=True, metavar="DIR", help="OUTPUT_DIR of `vreid test` (or `vreid rerank`)")
+    rep.add_argument("--out", metavar="FILE", help="HTML file to write (default DIR/report.html)")
+    rep.add_argument("--worst", type=int, default=20, metavar="N", help="rank lists of the N lowest-AP queries")
+    rep.add_argument("--top-k", type=int, default=10, metavar="K", help="gallery images per rank list")
+    rep.set_defaults(func=cmd_report)
 
     submit = sub.add_parser("submit", help="write or check an AI City track2.txt")
     submit.add_argument("--distance", help="distance.npy (queries x gallery)")
@@ -353,6 +488,55 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--batch-size", type=int, default=4)
     _add_config_args(masks)
     masks.set_defaults(func=cmd_masks)
+
+    index = sub.add_parser("index", help="searchable galleries").add_subparsers(dest="index_command", required=True)
+    ibuild = index.add_parser("build", help="FeatureSet (vreid extract) -> index folder")
+    ibuild.add_argument("--features", required=True, help="gallery.npz written by `vreid extract`")
+    ibuild.add_argument("--kind", default="exact", choices=("exact", "ivf", "hnsw"),
+                        help="exact (default), or approximate for millions of images: ivf, hnsw (need FAISS)")
+    ibuild.add_argument("--engine", default="auto", choices=("auto", "numpy", "faiss"),
+                        help="auto: FAISS when installed, else numpy (exact)")
+    ibuild.add_argument("--nlist", type=int, default=0, help="ivf: number of lists (0: about 4 sqrt(n))")
+    ibuild.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
+    ibuild.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
+    ibuild.add_argument("--ef-search", type=int, default=128, help="hnsw: search beam width")
+    ibuild.add_argument("--overwrite", action="store_true", help="replace an existing index in OUT")
+    ibuild.add_argument("out", metavar="OUT", help="index folder to write")
+    ibuild.set_defaults(func=cmd_index_build)
+    iadd = index.add_parser("add", help="add images (embedded with the index's model) or a FeatureSet")
+    iadd.add_argument("--index", required=True)
+    what = iadd.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", metavar="DIR", help="every image under DIR")
+    what.add_argument("--features", help="a FeatureSet .npz from the same model")
+    _add_config_args(iadd)
+    iadd.set_defaults(func=cmd_index_add)
+    iremove = index.add_parser("remove", help="remove images by id or path")
+    iremove.add_argument("--index", required=True)
+    iremove.add_argument("--ids", type=int, nargs="*", default=[])
+    iremove.add_argument("--paths", nargs="*", default=[])
+    iremove.set_defaults(func=cmd_index_remove)
+    iinfo = index.add_parser("info", help="size and settings of an index")
+    iinfo.add_argument("--index", required=True)
+    iinfo.set_defaults(func=cmd_index_info)
+
+    search = sub.add_parser("search", help="the most similar gallery images of query images")
+    search.add_argument("--index", required=True, help="index folder (`vreid index build`)")
+    search.add_argument("--image", required=True, nargs="+", help="query image file(s)")
+    search.add_argument("--top-k", type=int, default=20)
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_config_args(search)
+    search.set_defaults(func=cmd_search)
+
+    serve = sub.add_parser("serve", help="HTTP service: POST /search, POST /gallery, GET /health (FastAPI)")
+    serve.add_argument("--index", required=True, help="index folder (`vreid index build`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body (default 8 MiB)")
+    serve.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image, width x height")
+    serve.add_argument("--max-files", type=int, default=64, help="images per POST /gallery")
+    serve.add_argument("--read-only", action="store_true", help="refuse gallery changes")
+    _add_config_args(serve)
+    serve.set_defaults(func=cmd_serve)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

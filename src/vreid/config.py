@@ -130,6 +130,8 @@ _C.TEST = CN()
 _C.TEST.WEIGHT = ""  # trained weights for test/extract (a model_final.pth or a checkpoint)
 _C.TEST.IMS_PER_BATCH = 64  # batch size of feature extraction
 _C.TEST.FLIP = False  # average the features of the image and its mirror image
+_C.TEST.BACKEND = "auto"  # inference backend: auto (onnxruntime for an .onnx TEST.WEIGHT) | torch | onnxruntime
+_C.TEST.THREADS = 0  # CPU threads for inference (0 = the library's default)
 _C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | cosine
 _C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
 _C.TEST.QE = CN()
@@ -343,6 +345,8 @@ def validate(cfg: CN) -> None:
     from vreid.data.background_swap import FILLS
     from vreid.data.formats import DATASET_NAMES
     from vreid.data.records import LABEL_KINDS
+    from vreid.engine.extract import AMP_DTYPES
+    from vreid.engine.inference import BACKENDS
     from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
     from vreid.losses.malw import RECORD_MODES, UPDATE_RULES
     from vreid.models.build import HEADS, NECK_FEATS
@@ -367,9 +371,10 @@ def validate(cfg: CN) -> None:
         "LOSSES.MALW.UPDATE": UPDATE_RULES,
         "SOLVER.OPTIMIZER": ("adam", "sgd"),
         "SOLVER.SCHEDULER": ("cosine", "cosine_step", "step"),
-        "SOLVER.AMP": ("off", "bf16", "fp16"),
-        "UNIT.AMP": ("off", "bf16", "fp16"),
+        "SOLVER.AMP": tuple(AMP_DTYPES),
+        "UNIT.AMP": tuple(AMP_DTYPES),
         "TEST.METRIC": ("euclidean", "cosine"),
+        "TEST.BACKEND": BACKENDS,
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
         "INPUT.ERASING.VALUE": ("random", "zero"),
         "INPUT.BACKGROUND_SWAP.FILL": FILLS,

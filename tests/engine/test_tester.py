@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vreid.config import load_config
-from vreid.engine.tester import load_inference_model
+from vreid.engine.inference import load_inference_model
 from vreid.errors import VreidError
 from vreid.models import build_model
 from vreid.models.backbones import create_backbone

@@ -24,6 +24,8 @@ from vreid.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # SOLVER.AMP / UNIT.AMP values
+
 
 @dataclass
 class FeatureSet:
@@ -68,6 +70,30 @@ class FeatureSet:
 
 
 @torch.no_grad()
+def embed_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    flip: bool = False,
+    normalize: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Features of one batch of transformed images (on the model's device): the one place that defines them.
+
+    ``flip`` averages with the mirror image, ``normalize`` L2-normalises; used by extraction, search and the
+    HTTP service alike so that a gallery and a query are always embedded the same way.
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    device_type = images.device.type
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        feats = model(images).float()
+        if flip:
+            feats = (feats + model(torch.flip(images, dims=[3])).float()) / 2
+    return F.normalize(feats, dim=1) if normalize else feats
+
+
+@torch.no_grad()
 def extract_features(
     model: nn.Module,
     records: Sequence[ImageRecord],
@@ -81,7 +107,7 @@ def extract_features(
     channels_last: bool = False,
     progress: bool = True,
 ) -> FeatureSet:
-    """Embed ``records`` with ``model`` in eval mode; optionally average with the mirror image, L2-normalise."""
+    """Embed ``records`` with ``model`` in eval mode (see :func:`embed_batch`)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -90,15 +116,7 @@ def extract_features(
     chunks = []
     try:
         for batch in tqdm(loader, desc="extract", disable=None if progress else True, leave=False):
-            images = batch["image"].to(device)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                feats = model(images).float()
-                if flip:
-                    feats = (feats + model(torch.flip(images, dims=[3])).float()) / 2
-            if normalize:
-                feats = F.normalize(feats, dim=1)
+            feats = embed_batch(model, batch["image"].to(device), flip, normalize, amp_dtype, channels_last)
             chunks.append(feats.cpu())
     finally:
         model.train(was_training)

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vreid.config import save_config
 from vreid.data.loader import load_test_dataset
 from vreid.data.records import GALLERY, QUERY
 from vreid.data.transforms import build_test_transform
-from vreid.engine.checkpoint import model_weights
 from vreid.engine.extract import FeatureSet, extract_features
+from vreid.engine.inference import inference_setup
 from vreid.engine.postprocess import (
     GALLERY_FILE,
     QUERY_FILE,
@@ -26,66 +25,62 @@ from vreid.engine.postprocess import (
 )
 from vreid.errors import VreidError
 from vreid.fileio import atomic_save_npy, atomic_write_text
-from vreid.models import build_model
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_PREFIX = "classifier."
 
+def rank_row(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, qi: int, top_k: int = 10):
+    """Rank-list row of query ``qi``: true matches green, false red, junk (same id, same camera) grey.
 
-def load_inference_model(cfg, device: torch.device) -> torch.nn.Module:
-    """The network of ``cfg`` without its classifier, with the weights of ``TEST.WEIGHT``."""
-    model = build_model(cfg, 0, pretrained=not cfg.TEST.WEIGHT)
-    if not cfg.TEST.WEIGHT:
-        if not cfg.MODEL.PRETRAIN_PATH:
-            raise VreidError("TEST.WEIGHT is empty: give the trained weights, e.g. TEST.WEIGHT out/model_final.pth")
-        log.warning("no TEST.WEIGHT: evaluating the pretrained backbone %s as it is (an untrained baseline)",
-                    cfg.MODEL.PRETRAIN_PATH)
-        return model.to(device).eval()
-    state = {k: v for k, v in model_weights(cfg.TEST.WEIGHT).items() if not k.startswith(CLASSIFIER_PREFIX)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise VreidError(f"{cfg.TEST.WEIGHT}: weights do not fit the configured model (MODEL.* must match the "
-                         f"training config): missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.to(device).eval()
+    One function for ``vreid test``'s ranklist.png and ``vreid report``'s page, so both draw the same ranking.
+    """
+    from vreid.viz import RankListRow
+
+    order = np.argsort(dist[qi], kind="stable")[:top_k]
+    same_id = gallery.vehicle_ids[order] == query.vehicle_ids[qi]
+    junk = same_id & (gallery.camera_ids[order] == query.camera_ids[qi]) & (query.camera_ids[qi] != "")
+    matches = [None if j else bool(m) for m, j in zip(same_id, junk, strict=True)]
+    return RankListRow(query.paths[qi], list(gallery.paths[order]), matches,
+                       query_label=query.vehicle_ids[qi], labels=[f"d={dist[qi, g]:.3f}" for g in order])
 
 
 def rank_rows(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, num_queries: int, top_k: int = 10):
-    """Rank-list rows of the first queries: true matches green, false red, junk (same id, same camera) grey."""
-    from vreid.viz import RankListRow
-
-    rows = []
-    for qi in range(min(num_queries, len(query))):
-        order = np.argsort(dist[qi], kind="stable")[:top_k]
-        same_id = gallery.vehicle_ids[order] == query.vehicle_ids[qi]
-        junk = same_id & (gallery.camera_ids[order] == query.camera_ids[qi]) & (query.camera_ids[qi] != "")
-        matches = [None if j else bool(m) for m, j in zip(same_id, junk, strict=True)]
-        rows.append(RankListRow(query.paths[qi], list(gallery.paths[order]), matches,
-                                query_label=query.vehicle_ids[qi], labels=[f"{dist[qi, g]:.3f}" for g in order]))
-    return rows
-
-
-def amp_dtype(cfg) -> torch.dtype | None:
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
+    """Rank-list rows of the first ``num_queries`` queries (see :func:`rank_row`)."""
+    return [rank_row(query, gallery, dist, qi, top_k) for qi in range(min(num_queries, len(query)))]
 
 
 def extract_splits(
     cfg, splits: Sequence[str] = (QUERY, GALLERY), require_labels: bool = False
 ) -> dict[str, FeatureSet]:
     """FeatureSets of the test dataset's splits with the model of ``TEST.WEIGHT``."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_test_dataset(cfg)
     records = {s: dataset.require_labels(s) if require_labels else dataset[s] for s in splits}
     for split, recs in records.items():
         if not recs:
             raise VreidError(f"dataset {dataset.name!r} at {dataset.root} has no {split} images for test split "
                              f"{cfg.DATASETS.TEST_SPLIT!r}")
-    model = load_inference_model(cfg, device)
-    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "flip": cfg.TEST.FLIP, "device": device,
-              "amp_dtype": amp_dtype(cfg), "channels_last": cfg.SOLVER.CHANNELS_LAST,
-              "num_workers": cfg.DATALOADER.NUM_WORKERS}
+    setup = inference_setup(cfg)
+    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "device": setup.device, "num_workers": cfg.DATALOADER.NUM_WORKERS,
+              **setup.options}
     transform = build_test_transform(cfg)
-    return {split: extract_features(model, recs, transform, **kwargs) for split, recs in records.items()}
+    return {split: extract_features(setup.model, recs, transform, **kwargs) for split, recs in records.items()}
+
+
+def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY) -> Path:
+    """``vreid extract --images DIR``: every image under DIR -> ``OUTPUT_DIR/<name>.npz`` (ids from the file names
+    when ``DATASETS.FOLDER_PATTERN`` matches them, else empty)."""
+    from vreid.data.formats.folder import image_records
+
+    records = image_records(folder, cfg.DATASETS.FOLDER_PATTERN)
+    out = Path(cfg.OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    setup = inference_setup(cfg)
+    features = extract_features(setup.model, records, build_test_transform(cfg), batch_size=cfg.TEST.IMS_PER_BATCH,
+                                device=setup.device, num_workers=cfg.DATALOADER.NUM_WORKERS, **setup.options)
+    path = features.save(out / f"{name}.npz")
+    log.info("%d images of %s embedded: %s", len(features), folder, path)
+    return path
 
 
 def run_extract(cfg, splits: Sequence[str] = (QUERY, GALLERY)) -> dict[str, Path]:

@@ -29,7 +29,7 @@ from vreid.data.transforms import build_test_transform, build_train_transform
 from vreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_final_weights, set_rng_state
 from vreid.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from vreid.engine.ema import ModelEMA
-from vreid.engine.extract import extract_features
+from vreid.engine.extract import AMP_DTYPES, extract_features
 from vreid.engine.optim import build_optimizer, lr_factor_from_config, set_lr
 from vreid.engine.postprocess import protocol_cameras
 from vreid.errors import VreidError
@@ -39,7 +39,6 @@ from vreid.retrieval import evaluate, pairwise_distance
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAST, BEST = "last.pth", "best.pth"
 
 

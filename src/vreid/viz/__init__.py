@@ -1,5 +1,6 @@
-"""Pictures for reports: rank lists of queries and their top gallery matches."""
+"""Pictures for reports: rank lists of queries and their top gallery matches, and the HTML evaluation report."""
 
 from vreid.viz.ranklist import RankListRow, draw_ranklist, draw_ranklists, ranklist_layout
+from vreid.viz.report import write_report
 
-__all__ = ["RankListRow", "draw_ranklist", "draw_ranklists", "ranklist_layout"]
+__all__ = ["RankListRow", "draw_ranklist", "draw_ranklists", "ranklist_layout", "write_report"]

@@ -128,7 +128,8 @@ def _load_tile(path: str | Path, tile: tuple[int, int]) -> Image.Image:
     return canvas
 
 
-def _render_row(row: RankListRow, tile: tuple[int, int]) -> Image.Image:
+def render_ranklist(row: RankListRow, tile: tuple[int, int]) -> Image.Image:
+    """One row as an in-memory picture (for files, see :func:`draw_ranklist`; for HTML, the report)."""
     k = len(row.gallery_paths)
     if len(row.matches) != k:
         raise ValueError(f"{k} gallery images but {len(row.matches)} match flags for query {row.query_path}")
@@ -170,7 +171,7 @@ def draw_ranklist(
     """Write one row — the query (blue frame), then the ranked gallery images framed green (true match), red (false)
     or grey (None, unknown) — with a caption "#rank label" under each, as a PNG; returns its path."""
     row = RankListRow(query_path, gallery_paths, matches, query_label, labels)
-    return _save_png(_render_row(row, tile), out_png)
+    return _save_png(render_ranklist(row, tile), out_png)
 
 
 def draw_ranklists(
@@ -179,7 +180,7 @@ def draw_ranklists(
     """Stack several rank-list rows (one per query) into one PNG; shorter rows are padded on the right."""
     if not rows:
         raise ValueError("draw_ranklists needs at least one row")
-    images = [_render_row(row, tile) for row in rows]
+    images = [render_ranklist(row, tile) for row in rows]
     sheet = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), BACKGROUND_COLOUR)
     y = 0
     for image in images:

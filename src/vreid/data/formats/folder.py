@@ -65,16 +65,34 @@ def _read_csv(root: Path, csv_path: Path) -> list[ImageRecord]:
     return records
 
 
-def _read_folder(folder: Path, pattern: re.Pattern[str]) -> list[ImageRecord]:
+def _read_folder(folder: Path, pattern: re.Pattern[str], strict: bool = True) -> list[ImageRecord]:
     records = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         rel = path.relative_to(folder).as_posix()
         m = pattern.search(rel)
-        if m is None:
+        if m is None and strict:
             raise DatasetError(f"file name {rel!r} does not match the pattern {pattern.pattern!r} "
                                "(set DATASETS.FOLDER_PATTERN)", path)
-        groups = m.groupdict()
-        records.append(ImageRecord(path, groups["vehicle_id"], groups.get("camera_id"), groups.get("track_id")))
+        groups = m.groupdict() if m else {}
+        records.append(ImageRecord(path, groups.get("vehicle_id"), groups.get("camera_id"), groups.get("track_id")))
+    return records
+
+
+def image_records(folder: str | Path, pattern: str = DEFAULT_PATTERN) -> list[ImageRecord]:
+    """Every image under ``folder`` (recursive, sorted); ids from ``pattern`` where the name matches, else None.
+
+    For galleries of users' own images, which need not be labelled.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError("image folder does not exist or is not a folder", path=folder)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"DATASETS.FOLDER_PATTERN is not a valid regular expression: {exc}") from None
+    records = _read_folder(folder, compiled, strict=False)
+    if not records:
+        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder", path=folder)
     return records
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 from vreid.data.formats.common import IMAGE_SUFFIXES
 from vreid.data.images import read_image
 from vreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vreid.engine.extract import AMP_DTYPES
 from vreid.errors import ConfigError, VreidError
 from vreid.fileio import atomic_write_bytes, atomic_write_text
 from vreid.prep.unit.losses import (
@@ -55,7 +56,6 @@ LAST = "last.pth"
 TRANSLATOR = "translator.pth"
 TRANSLATOR_FORMAT = "vreid-unit-translator"
 CHECKPOINT_FORMAT = "vreid-unit-checkpoint"
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Options that fix the network shapes: a checkpoint only resumes/loads with the same values.
 ARCH_KEYS = ("image_size", "width", "n_downsample", "n_res", "n_shared", "dis_width", "dis_layers", "dis_scales")
 

@@ -1,0 +1,73 @@
+"""A gallery index on disk with the model that embeds its queries: `vreid index ...`, `vreid search`, the service.
+
+An index folder holds the :class:`~vreid.retrieval.index.GalleryIndex` files and ``config.yaml``, the config of
+the model that extracted the gallery (copied from beside the features file), so that searching embeds queries
+with that same model unless another config is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vreid.data.images import read_image
+from vreid.engine.extract import FeatureSet
+from vreid.errors import VreidError
+from vreid.retrieval.index import MANIFEST, GalleryIndex, Hit
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG = "config.yaml"
+
+
+def build_index(features: str | Path, out: str | Path, overwrite: bool = False, **options: Any) -> GalleryIndex:
+    """``vreid index build``: a FeatureSet file (``vreid extract``) -> an index folder."""
+    out = Path(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise VreidError(f"{out} already holds an index: pass --overwrite to replace it")
+    gallery = FeatureSet.load(features)
+    if len(gallery) == 0:
+        raise VreidError(f"{features}: no features to index")
+    index = GalleryIndex.from_features(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
+                                       gallery.track_ids, **options)
+    index.save(out)
+    config = Path(features).with_name(MODEL_CONFIG)
+    if config.is_file():
+        shutil.copyfile(config, out / MODEL_CONFIG)
+    else:
+        log.warning("no %s beside %s: give --config-file when searching this index", MODEL_CONFIG, features)
+    log.info("index %s: %d images, %d-d, %s (%s)", out, len(index), index.dim, index.kind, index.engine)
+    return index
+
+
+def index_config(index_dir: str | Path, config_file: str | None = None, opts: Sequence[str] = ()):
+    """The model config for an index: ``config_file`` if given, else the index's own ``config.yaml``."""
+    from vreid.config import load_config
+
+    if config_file is None:
+        stored = Path(index_dir) / MODEL_CONFIG
+        if not stored.is_file():
+            raise VreidError(f"{index_dir} has no {MODEL_CONFIG} (the features had none beside them): give the "
+                             "model with --config-file F TEST.WEIGHT W")
+        config_file = str(stored)
+    return load_config(config_file, opts)
+
+
+def add_features(index: GalleryIndex, features: str | Path) -> list[int]:
+    gallery = FeatureSet.load(features)
+    return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
+                     gallery.track_ids).tolist()
+
+
+def add_images(index: GalleryIndex, embedder, paths: Sequence[str | Path], vehicle_ids: Sequence[str] | None = None,
+               camera_ids: Sequence[str] | None = None) -> list[int]:
+    images = [read_image(p) for p in paths]  # every file decodes before anything is added
+    return index.add(embedder.embed(images), [str(p) for p in paths], vehicle_ids, camera_ids).tolist()
+
+
+def search_files(index: GalleryIndex, embedder, paths: Sequence[str | Path], top_k: int) -> list[list[Hit]]:
+    images = [read_image(p) for p in paths]
+    return index.search(embedder.embed(images), top_k)

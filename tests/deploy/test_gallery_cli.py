@@ -1,0 +1,98 @@
+"""From a folder of images to a searchable gallery with the command line: extract, index build/add/remove, search."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vreid.cli import main
+from vreid.config import load_config
+from vreid.engine.extract import FeatureSet
+from vreid.models import build_model
+from vreid.retrieval.index import GalleryIndex
+
+
+def _image(path, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def model_config(tmp_path):
+    torch.manual_seed(0)
+    opts = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "(32, 32)", "SOLVER.AMP", "off",
+            "DATALOADER.NUM_WORKERS", "0"]
+    torch.save(build_model(load_config(None, opts), 0).state_dict(), tmp_path / "model.pth")
+    cfg = load_config(None, [*opts, "TEST.WEIGHT", str(tmp_path / "model.pth")])
+    (tmp_path / "model.yml").write_text(cfg.dump())
+    return tmp_path / "model.yml"
+
+
+def test_three_commands_then_updates(tmp_path, model_config, capsys):
+    for i in range(6):
+        _image(tmp_path / "photos" / f"{i:03d}_c{i % 3}.jpg", i)
+    feats, idx = tmp_path / "feats", tmp_path / "idx"
+    assert main(["extract", "--images", str(tmp_path / "photos"), "--config-file", str(model_config),
+                 "OUTPUT_DIR", str(feats)]) == 0
+    assert main(["index", "build", "--features", str(feats / "gallery.npz"), str(idx)]) == 0
+    capsys.readouterr()
+    query = tmp_path / "photos" / "004_c1.jpg"
+    assert main(["search", "--index", str(idx), "--image", str(query), "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    hits = out[0]["results"]
+    assert out[0]["query"] == str(query) and len(hits) == 3
+    assert hits[0]["path"] == str(query) and hits[0]["vehicle_id"] == "004" and hits[0]["camera_id"] == "1"
+    # the same scores as a brute-force cosine over the extracted FeatureSet
+    gallery = FeatureSet.load(feats / "gallery.npz")
+    q = gallery.features[list(gallery.paths).index(str(query))]
+    cos = gallery.features @ q / np.linalg.norm(gallery.features, axis=1) / np.linalg.norm(q)
+    assert [h["path"] for h in hits] == [gallery.paths[j] for j in np.argsort(-cos, kind="stable")[:3]]
+    assert [h["score"] for h in hits] == pytest.approx(np.sort(cos)[::-1][:3], abs=1e-5)
+
+    # a table for people
+    assert main(["search", "--index", str(idx), "--image", str(query), "--top-k", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == f"query {query}" and table[1].split()[0] == "1" and table[1].endswith(str(query))
+
+    # add a new folder, remove by path and by id; no rebuild, ids stay
+    _image(tmp_path / "more" / "new_c9.jpg", 99)
+    assert main(["index", "add", "--index", str(idx), "--images", str(tmp_path / "more")]) == 0
+    assert main(["index", "remove", "--index", str(idx), "--paths", str(query), "--ids", "0"]) == 0
+    index = GalleryIndex.load(idx)
+    assert len(index) == 5 and sorted(index.ids.tolist()) == [1, 2, 3, 5, 6]
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--image", str(tmp_path / "more" / "new_c9.jpg"), "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["results"]
+    assert hits[0]["id"] == 6 and str(query) not in [h["path"] for h in hits] and len(hits) == 5
+    assert main(["index", "info", "--index", str(idx)]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 5
+
+
+def test_gallery_command_errors(tmp_path, model_config, caplog):
+    assert main(["index", "build", "--features", str(tmp_path / "none.npz"), str(tmp_path / "i")]) == 2
+    assert "none.npz" in caplog.text
+    caplog.clear()
+    assert main(["search", "--index", str(tmp_path), "--image", "q.jpg"]) == 2
+    assert "not a gallery index" in caplog.text
+    caplog.clear()
+    _image(tmp_path / "p" / "a_c1.jpg", 1)
+    assert main(["extract", "--images", str(tmp_path / "p"), "--config-file", str(model_config),
+                 "OUTPUT_DIR", str(tmp_path / "f")]) == 0
+    assert main(["index", "build", "--features", str(tmp_path / "f" / "gallery.npz"), str(tmp_path / "i")]) == 0
+    assert main(["index", "build", "--features", str(tmp_path / "f" / "gallery.npz"), str(tmp_path / "i")]) == 2
+    assert "--overwrite" in caplog.text
+    caplog.clear()
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    assert main(["search", "--index", str(tmp_path / "i"), "--image", str(tmp_path / "bad.jpg")]) == 2
+    assert "bad.jpg" in caplog.text
+    caplog.clear()
+    assert main(["index", "remove", "--index", str(tmp_path / "i"), "--ids", "7"]) == 2
+    assert "ids not in the gallery: [7]" in caplog.text
+    caplog.clear()
+    assert main(["extract", "--images", str(tmp_path / "nothing"), "--config-file", str(model_config)]) == 2
