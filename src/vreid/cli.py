@@ -175,11 +175,15 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedder(args: argparse.Namespace):
-    from vreid.deploy.gallery import index_config
+def _embedder(args: argparse.Namespace, index=None):
+    """The model of an index (its config.yaml, or --config-file), checked to fit the index when one is given."""
+    from vreid.deploy.gallery import check_model_fits, index_config
     from vreid.engine.inference import Embedder
 
-    return Embedder(index_config(args.index, args.config_file, args.opts))
+    embedder = Embedder(index_config(args.index, args.config_file, args.opts))
+    if index is not None:
+        check_model_fits(index, embedder, args.index)
+    return embedder
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -200,8 +204,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     if args.features:
         ids = add_features(index, args.features)
     else:
-        paths = [r.path for r in image_records(args.images)]
-        ids = add_images(index, _embedder(args), paths)
+        embedder = _embedder(args, index)
+        ids = add_images(index, embedder, image_records(args.images, embedder.cfg.DATASETS.FOLDER_PATTERN))
     index.save(args.index)
     print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the gallery holds {len(index)}")
     return 0
@@ -236,7 +240,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from vreid.retrieval.index import GalleryIndex
 
     index = GalleryIndex.load(args.index)
-    results = search_files(index, _embedder(args), args.image, args.top_k)
+    results = search_files(index, _embedder(args, index), args.image, args.top_k)
     if args.json:
         print(json.dumps([{"query": q, "results": [h.to_dict() for h in hits]}
                           for q, hits in zip(args.image, results, strict=True)], indent=1))
@@ -521,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="the most similar gallery images of query images")
     search.add_argument("--index", required=True, help="index folder (`vreid index build`)")
-    search.add_argument("--image", required=True, nargs="+", help="query image file(s)")
+    search.add_argument("--image", required=True, action="append", help="query image file (repeat for several)")
     search.add_argument("--top-k", type=int, default=20)
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_config_args(search)

@@ -47,13 +47,14 @@ def exported(tmp_path_factory):
     images = _images(tmp / "images")
     cfg = load_config(None, overrides)
     (tmp / "config.yml").write_text(cfg.dump())  # for the command-line tests
-    result = run_export(cfg, tmp / "model.onnx", images=images, count=5)
+    result = run_export(cfg, tmp / "model.onnx", images=images, count=50)
     return tmp, overrides, result
 
 
 def test_export_has_dynamic_batch_and_matches_pytorch(exported):
     tmp, overrides, result = exported
-    assert result["images"] == 5 and result["min_cosine"] >= 0.9999 and result["feature_dim"] == 512
+    assert result["images"] == 6 and len(set(result["image_paths"])) == 6  # all 6 images, none twice
+    assert result["min_cosine"] >= 0.9999 and result["feature_dim"] == 512
     reference = load_inference_model(load_config(None, overrides), torch.device("cpu"))
     onnx_model = OnnxModel(tmp / "model.onnx")
     assert onnx_model.metadata["backbone"] == "resnet18" and onnx_model.metadata["input_size"] == "64x64"
@@ -103,8 +104,13 @@ def test_backend_and_file_errors(exported, tmp_path):
         (tmp_path / "empty").mkdir()
         run_export(cfg, tmp_path / "x.onnx", images=tmp_path / "empty")
     assert not (tmp_path / "x.onnx").exists()
+    good = (tmp_path / "y.onnx")
+    good.write_bytes(b"an earlier, good export")
     with pytest.raises(VreidError, match="embeddings differ"):  # an impossible threshold must fail
-        run_export(cfg, tmp_path / "y.onnx", images=tmp / "images", count=2, min_cosine=1.5)
+        run_export(cfg, good, images=tmp / "images", count=2, min_cosine=1.5)
+    assert good.read_bytes() == b"an earlier, good export" and (tmp_path / "y.rejected.onnx").is_file()
+    with pytest.raises(VreidError, match="at least one image"):
+        run_export(cfg, tmp_path / "w.onnx", images=tmp / "images", count=0)
 
 
 def test_export_command_prints_parity(exported, tmp_path, capsys):
@@ -115,7 +121,8 @@ def test_export_command_prints_parity(exported, tmp_path, capsys):
     assert "dynamic batch" in out and "parity with PyTorch on 3 real images: min cosine" in out
     assert (tmp_path / "cli.onnx").is_file()
     assert main(["export", "--config-file", str(tmp / "config.yml"), "--images", str(tmp_path / "nowhere"),
-                 str(tmp_path / "z.onnx")]) != 0
+                 str(tmp_path / "z.onnx")]) == 2
+    assert not (tmp_path / "z.onnx").exists()
 
 
 def test_parity_on_real_vehicles_with_imagenet_mobilenet(shared_vehicle2cam, tmp_path):

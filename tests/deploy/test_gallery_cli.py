@@ -55,10 +55,13 @@ def test_three_commands_then_updates(tmp_path, model_config, capsys):
     assert [h["path"] for h in hits] == [gallery.paths[j] for j in np.argsort(-cos, kind="stable")[:3]]
     assert [h["score"] for h in hits] == pytest.approx(np.sort(cos)[::-1][:3], abs=1e-5)
 
-    # a table for people
-    assert main(["search", "--index", str(idx), "--image", str(query), "--top-k", "2"]) == 0
+    # a table for people; several queries; overrides after the images are overrides, not images
+    other = tmp_path / "photos" / "001_c1.jpg"
+    assert main(["search", "--index", str(idx), "--image", str(query), "--image", str(other), "--top-k", "2",
+                 "TEST.IMS_PER_BATCH", "1"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == f"query {query}" and table[1].split()[0] == "1" and table[1].endswith(str(query))
+    assert table[3] == f"query {other}" and table[4].endswith(str(other)) and len(table) == 6
 
     # add a new folder, remove by path and by id; no rebuild, ids stay
     _image(tmp_path / "more" / "new_c9.jpg", 99)
@@ -96,3 +99,9 @@ def test_gallery_command_errors(tmp_path, model_config, caplog):
     assert "ids not in the gallery: [7]" in caplog.text
     caplog.clear()
     assert main(["extract", "--images", str(tmp_path / "nothing"), "--config-file", str(model_config)]) == 2
+    caplog.clear()
+    other = ["MODEL.BACKBONE", "mobilenet_v2", "MODEL.LAST_STRIDE", "2"]
+    torch.save(build_model(load_config(None, other), 0).state_dict(), tmp_path / "other.pth")
+    assert main(["search", "--index", str(tmp_path / "i"), "--image", str(tmp_path / "p" / "a_c1.jpg"),
+                 "--config-file", str(model_config), *other, "TEST.WEIGHT", str(tmp_path / "other.pth")]) == 2
+    assert "index holds 512-d features but the model gives 1280-d" in caplog.text

@@ -6,6 +6,7 @@ import contextlib
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,23 +112,57 @@ def test_pixel_limit_and_request_limits(service):
 
 def test_gallery_add_search_remove_persists(service):
     client, tmp = service
-    r = client.post("/gallery", files=[("images", ("new.png", _png(42), "image/png"))],
+    before = client.get("/health").json()["images"]
+    r = client.post("/gallery", files=[("images", ("new.exe", _png(42), "image/png"))],
                     data={"vehicle_id": "V42", "camera_id": "c7"})
     assert r.status_code == 200
     added = r.json()["added"][0]
-    assert added["id"] == 8 and r.json()["images"] == 9
+    new_id = added["id"]
+    assert added["new"] and r.json()["images"] == before + 1
+    assert added["path"].endswith(".png")  # the suffix of the real format, not of the client's file name
     hits = client.post("/search", files={"image": ("q.png", _png(42), "image/png")}).json()["results"]
-    assert hits[0]["id"] == 8 and hits[0]["vehicle_id"] == "V42" and hits[0]["camera_id"] == "c7"
+    assert hits[0]["id"] == new_id and hits[0]["vehicle_id"] == "V42" and hits[0]["camera_id"] == "c7"
     stored = GalleryIndex.load(tmp / "index")  # saved to disk: a restart keeps it
-    assert len(stored) == 9 and stored.ids_of_paths([added["path"]]) == [8]
+    assert len(stored) == before + 1 and stored.ids_of_paths([added["path"]]) == [new_id]
     assert Image.open(added["path"]).size == (48, 40)
+    again = client.post("/gallery", files=[("images", ("same.png", _png(42), "image/png"))]).json()
+    assert again["added"] == [{"id": new_id, "path": added["path"], "new": False}]  # same bytes: same image
+    assert again["images"] == before + 1
     bad = client.post("/gallery", files=[("images", ("ok.png", _png(43), "image/png")),
                                          ("images", ("bad.png", b"junk", "image/png"))])
-    assert bad.status_code == 415 and client.get("/health").json()["images"] == 9  # nothing half-added
-    assert client.delete("/gallery/8").json() == {"removed": 8, "images": 8}
-    assert client.delete("/gallery/8").status_code == 404
+    assert bad.status_code == 415 and client.get("/health").json()["images"] == before + 1  # nothing half-added
+    assert client.delete(f"/gallery/{new_id}").json() == {"removed": new_id, "images": before}
+    assert not Path(added["path"]).exists()  # the uploaded file goes with its entry
+    assert client.delete(f"/gallery/{new_id}").status_code == 404
     hits = client.post("/search", files={"image": ("q.png", _png(42), "image/png")}).json()["results"]
-    assert all(h["id"] != 8 for h in hits)
+    assert all(h["id"] != new_id for h in hits)
+
+
+def test_chunked_upload_over_the_limit_is_cut_off(service):
+    client, _ = service
+
+    def chunks():  # a well-formed multipart start, then too much data, without Content-Length (chunked)
+        yield (b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
+        for _ in range(40):
+            yield bytes(10_000)
+
+    r = client.post("/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "over the limit of 200000 bytes" in r.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_service_refuses_a_model_that_does_not_fit_the_index(service):
+    from vreid.errors import VreidError
+
+    _, tmp = service
+
+    class Wrong:
+        def embed(self, images):
+            return np.ones((len(images), 128), np.float32)
+
+    with pytest.raises(VreidError, match="index holds 512-d features but the model gives 128-d"):
+        create_app(tmp / "index", Wrong())
 
 
 def test_read_only_service_refuses_changes(service):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+
 import numpy as np
 import pytest
 
 from vreid.errors import VreidError
+from vreid.retrieval import index as index_module
 from vreid.retrieval.index import GalleryIndex
 
-HAS_FAISS = pytest.importorskip is not None and __import__("importlib").util.find_spec("faiss") is not None
+HAS_FAISS = importlib.util.find_spec("faiss") is not None
 CONFIGS = [("exact", "numpy"), *([("exact", "faiss"), ("ivf", "faiss"), ("hnsw", "faiss")] if HAS_FAISS else [])]
 
 
@@ -97,11 +101,55 @@ def test_numpy_fallback_and_errors(tmp_path):
     with pytest.raises(VreidError, match="not a gallery index"):
         GalleryIndex.load(tmp_path)
     index.save(tmp_path / "i")
-    (tmp_path / "i" / "index.json").write_text('{"format": "vreid-gallery-index", "version": 1, "dim": 16, '
-                                               '"count": 5, "next_id": 20, "kind": "exact", "nlist": 0, '
-                                               '"nprobe": 16, "hnsw_m": 32, "ef_search": 128}')
+    manifest = json.loads((tmp_path / "i" / "index.json").read_text())
+    (tmp_path / "i" / "index.json").write_text(json.dumps({**manifest, "count": 5}))
     with pytest.raises(VreidError, match="manifest says 5 x 16"):
         GalleryIndex.load(tmp_path / "i")
-    if HAS_FAISS:
-        with pytest.raises(VreidError, match="cannot train 64 lists"):
-            GalleryIndex.from_features(feats, paths, kind="ivf", engine="faiss", nlist=64)
+    (tmp_path / "i" / "index.json").write_text(json.dumps({**manifest, "next_id": 10}))
+    with pytest.raises(VreidError, match="reach next_id 10"):
+        GalleryIndex.load(tmp_path / "i")
+
+
+def test_remove_everything_then_add_again():
+    feats, paths, _, _ = _gallery(n=10)
+    for kind, engine in CONFIGS:
+        index = GalleryIndex.from_features(feats, paths, kind=kind, engine=engine, **_options(kind))
+        index.remove(range(10))
+        assert len(index) == 0 and index.search(feats[:2], 5) == [[], []]
+        index.add(feats[3:4], ["again.jpg"])
+        assert [h.id for h in index.search(feats[3:4], 5)[0]] == [10]
+
+
+def test_save_is_crash_safe_and_keeps_the_engine(tmp_path):
+    feats, paths, _, _ = _gallery(n=50)
+    index = GalleryIndex.from_features(feats, paths, kind="hnsw", engine="numpy")
+    index.save(tmp_path)
+    assert GalleryIndex.load(tmp_path).engine == "numpy"  # chosen at build time, kept (exact search)
+    first = json.loads((tmp_path / "index.json").read_text())["arrays"]
+    index.remove([0])
+    index.save(tmp_path)
+    second = json.loads((tmp_path / "index.json").read_text())["arrays"]
+    assert first != second and [p.name for p in tmp_path.glob("gallery.*.npz")] == [second]  # old file gone
+
+
+def test_without_faiss_every_kind_is_exact_numpy(monkeypatch):
+    monkeypatch.setattr(index_module, "_faiss", lambda: None)
+    feats, paths, _, _ = _gallery(n=60)
+    with pytest.raises(VreidError, match="pip install faiss-cpu"):
+        GalleryIndex(16, engine="faiss")
+    index = GalleryIndex.from_features(feats, paths, kind="hnsw")
+    assert index.engine == "numpy"
+    q = feats[7:8] + 0.01
+    assert [h.id for h in index.search(q, 5)[0]] == _brute(feats, np.arange(60), q[0], 5)
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="FAISS not installed")
+def test_ivf_too_small_to_train_searches_exactly_then_trains():
+    feats, paths, _, _ = _gallery(n=100)
+    index = GalleryIndex.from_features(feats[:20], paths[:20], kind="ivf", engine="faiss", nlist=32, nprobe=32)
+    assert index.trained_nlist == 0  # 20 images cannot train 32 lists: exact FAISS search meanwhile
+    q = feats[5:6]
+    assert [h.id for h in index.search(q, 3)[0]] == _brute(feats[:20], np.arange(20), q[0], 3)
+    index.add(feats[20:], paths[20:])
+    assert [h.id for h in index.search(q, 3)[0]] == _brute(feats, np.arange(100), q[0], 3)  # probes all lists
+    assert index.trained_nlist == 32

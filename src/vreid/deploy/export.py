@@ -75,7 +75,10 @@ def parity_images(cfg, folder: str | Path | None = None, count: int = 16) -> tup
         paths = [r.path for r in (*dataset["query"], *dataset["gallery"])]
         if not paths:
             raise VreidError("no images for the parity check in the test dataset: give --images DIR")
-    picked = [paths[round(i * (len(paths) - 1) / max(1, count - 1))] for i in range(min(count, len(paths)))]
+    if count < 1:
+        raise VreidError(f"the parity check needs at least one image, got {count}")
+    n = min(count, len(paths))  # n distinct images spread evenly over the list
+    picked = [paths[round(i * (len(paths) - 1) / max(1, n - 1))] for i in range(n)]
     transform = build_test_transform(cfg)
     return torch.stack([transform(read_image(p)) for p in picked]), [str(p) for p in picked]
 
@@ -99,7 +102,10 @@ def parity(reference: nn.Module, exported: nn.Module, images: torch.Tensor, batc
 
 def run_export(cfg, out: str | Path, fmt: str = "onnx", images: str | Path | None = None, count: int = 16,
                min_cosine: float = MIN_COSINE) -> dict[str, Any]:
-    """``vreid export``: write the file, reload it with ONNX Runtime, check parity; raise if below ``min_cosine``."""
+    """``vreid export``: export, reload with ONNX Runtime, check parity, and only then put the file at ``out``.
+
+    Below ``min_cosine`` the export goes to ``OUT.rejected.onnx`` instead (an existing ``out`` is left alone).
+    """
     if fmt not in FORMATS:
         raise VreidError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     if str(cfg.TEST.WEIGHT).lower().endswith(".onnx"):
@@ -111,12 +117,16 @@ def run_export(cfg, out: str | Path, fmt: str = "onnx", images: str | Path | Non
     meta = {"backbone": cfg.MODEL.BACKBONE, "input_size": f"{size[0]}x{size[1]}",
             "pixel_mean": list(cfg.INPUT.PIXEL_MEAN), "pixel_std": list(cfg.INPUT.PIXEL_STD),
             "weights": str(cfg.TEST.WEIGHT)}
-    path = export_onnx(model, out, size, meta)
-    result = {"path": str(path), "bytes": path.stat().st_size, "size": list(size),
-              **parity(model, OnnxModel(path, threads=cfg.TEST.THREADS), batch), "image_paths": picked}
-    log.info("exported %s (%.1f MB); parity on %d real images: min cosine %.7f, max |diff| %.2e", path,
+    out = Path(out)
+    candidate = export_onnx(model, out.with_name(f".{out.name}.candidate.onnx"), size, meta)
+    result = {"path": str(out), "bytes": candidate.stat().st_size, "size": list(size),
+              **parity(model, OnnxModel(candidate, threads=cfg.TEST.THREADS), batch), "image_paths": picked}
+    log.info("exported %s (%.1f MB); parity on %d real images: min cosine %.7f, max |diff| %.2e", out,
              result["bytes"] / 2**20, result["images"], result["min_cosine"], result["max_abs_diff"])
     if result["min_cosine"] < min_cosine:
-        raise VreidError(f"{path}: ONNX and PyTorch embeddings differ (min cosine {result['min_cosine']:.6f} < "
-                         f"{min_cosine}); the file is kept for inspection but should not be used")
+        rejected = out.with_name(f"{out.stem}.rejected.onnx")
+        os.replace(candidate, rejected)
+        raise VreidError(f"ONNX and PyTorch embeddings differ (min cosine {result['min_cosine']:.6f} < "
+                         f"{min_cosine}): {out} not written; the export is in {rejected} for inspection")
+    os.replace(candidate, out)
     return result

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from vreid.data.images import read_image
+from vreid.data.records import ImageRecord
 from vreid.engine.extract import FeatureSet
 from vreid.errors import VreidError
 from vreid.retrieval.index import MANIFEST, GalleryIndex, Hit
@@ -38,6 +41,7 @@ def build_index(features: str | Path, out: str | Path, overwrite: bool = False, 
     if config.is_file():
         shutil.copyfile(config, out / MODEL_CONFIG)
     else:
+        (out / MODEL_CONFIG).unlink(missing_ok=True)  # an overwritten index must not keep another model's config
         log.warning("no %s beside %s: give --config-file when searching this index", MODEL_CONFIG, features)
     log.info("index %s: %d images, %d-d, %s (%s)", out, len(index), index.dim, index.kind, index.engine)
     return index
@@ -56,16 +60,27 @@ def index_config(index_dir: str | Path, config_file: str | None = None, opts: Se
     return load_config(config_file, opts)
 
 
+def check_model_fits(index: GalleryIndex, embedder, where: str | Path) -> None:
+    """The model must give features of the index's size (a different model would mix embedding spaces)."""
+    dim = int(embedder.embed([Image.new("RGB", (64, 64))]).shape[1])
+    if dim != index.dim:
+        raise VreidError(f"{where}: the index holds {index.dim}-d features but the model gives {dim}-d: use the "
+                         f"config and weights that extracted the gallery")
+
+
 def add_features(index: GalleryIndex, features: str | Path) -> list[int]:
     gallery = FeatureSet.load(features)
+    if gallery.features.ndim != 2 or gallery.features.shape[1] != index.dim:
+        raise VreidError(f"{features}: features of shape {gallery.features.shape}, the index holds {index.dim}-d")
     return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
                      gallery.track_ids).tolist()
 
 
-def add_images(index: GalleryIndex, embedder, paths: Sequence[str | Path], vehicle_ids: Sequence[str] | None = None,
-               camera_ids: Sequence[str] | None = None) -> list[int]:
-    images = [read_image(p) for p in paths]  # every file decodes before anything is added
-    return index.add(embedder.embed(images), [str(p) for p in paths], vehicle_ids, camera_ids).tolist()
+def add_images(index: GalleryIndex, embedder, records: Sequence[ImageRecord]) -> list[int]:
+    """Embed image files (ids from their records) and add them; the files are read batch by batch."""
+    gallery = embedder.embed_records(records)
+    return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
+                     gallery.track_ids).tolist()
 
 
 def search_files(index: GalleryIndex, embedder, paths: Sequence[str | Path], top_k: int) -> list[list[Hit]]:

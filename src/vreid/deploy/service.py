@@ -49,10 +49,6 @@ class Limits:
     max_top_k: int = 1000
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a request body over ``max_bytes``, by header or while it streams in."""
 
@@ -72,31 +68,39 @@ class BodyLimit:
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._reject(send)
-        total, started = 0, False
+        total, started, rejected = 0, False, False
 
         async def counted_receive():
-            nonlocal total
+            # a body without Content-Length (chunked) is counted as it streams in; past the limit the client
+            # gets its 413 at once and the application sees a disconnect (it stops reading, answers nothing)
+            nonlocal total, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
-                if total > self.max_bytes:
-                    raise _TooLarge
+                if total > self.max_bytes and not started:
+                    rejected = True
+                    await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if rejected:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        except Exception:
+            if not rejected:  # after a rejection the application's complaint about the cut body is expected
+                raise
 
 
-def decode_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
-    """Bytes of one uploaded file -> RGB image, or an HTTP error naming the file and the reason."""
+def decode_upload(data: bytes, name: str, limits: Limits) -> tuple[Image.Image, str]:
+    """Bytes of one uploaded file -> (RGB image, its format as a file suffix), or an HTTP error naming the file."""
     if not data:
         raise HTTPException(400, f"{name}: empty upload")
     try:
@@ -104,7 +108,8 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
             width, height = img.size  # read from the header, before any pixel is decoded
             if width * height > limits.max_pixels:
                 raise HTTPException(413, f"{name}: image {width}x{height} has more than {limits.max_pixels} pixels")
-            return img.convert("RGB")
+            kind = {"JPEG": "jpg", "MPO": "jpg"}.get(img.format or "", (img.format or "img").lower())
+            return img.convert("RGB"), kind
     except HTTPException:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -114,15 +119,19 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
 def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False):
     """The FastAPI application (``embedder``: a :class:`vreid.engine.inference.Embedder` or anything with
     ``embed(list[PIL.Image]) -> np.ndarray``)."""
+    from vreid.deploy.gallery import check_model_fits
+
     index_dir = Path(index_dir)
     index = GalleryIndex.load(index_dir)
+    check_model_fits(index, embedder, index_dir)  # refuse to start rather than answer 500 to every request
     lock = threading.Lock()
     app = FastAPI(title="vreid", description="Vehicle re-identification search", version="1")
     started = time.time()
 
-    def read(upload: UploadFile) -> tuple[bytes, Image.Image]:
+    def read(upload: UploadFile) -> tuple[bytes, Image.Image, str]:
         data = upload.file.read()
-        return data, decode_upload(data, upload.filename or "upload", limits)
+        image, kind = decode_upload(data, upload.filename or "upload", limits)
+        return data, image, kind
 
     def embed(images: list[Image.Image]):
         features = embedder.embed(images)
@@ -140,7 +149,7 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
         if top_k > limits.max_top_k:
             raise HTTPException(422, f"top_k {top_k} is over the limit of {limits.max_top_k}")
         start = time.perf_counter()
-        _, img = read(image)
+        _, img, _ = read(image)
         with lock:
             hits = index.search(embed([img]), top_k)[0]
         return {"results": [h.to_dict() for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
@@ -153,30 +162,36 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
         if len(images) > limits.max_files:
             raise HTTPException(413, f"{len(images)} files: at most {limits.max_files} per request")
         decoded = [read(u) for u in images]  # all checked before anything is stored
-        paths = []
-        for (data, _), upload in zip(decoded, images, strict=True):
-            suffix = Path(upload.filename or "").suffix.lower() or ".jpg"
-            target = index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-            if not target.exists():
-                atomic_write_bytes(target, data)
-            paths.append(str(target))
+        # stored under their content hash with the suffix of their real format: the same bytes twice are one image
+        paths = [str(index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}") for data, _, kind in
+                 decoded]
         with lock:
-            ids = index.add(embed([img for _, img in decoded]), paths, [vehicle_id] * len(paths),
-                            [camera_id] * len(paths))
+            known = dict(zip(index.meta["paths"].tolist(), index.ids.tolist(), strict=True))
+            new = [j for j, p in enumerate(paths) if p not in known and p not in paths[:j]]
+            ids = index.add(embed([decoded[j][1] for j in new]), [paths[j] for j in new], [vehicle_id] * len(new),
+                            [camera_id] * len(new)) if new else []
+            for j, i in zip(new, ids, strict=True):
+                atomic_write_bytes(paths[j], decoded[j][0])
+                known[paths[j]] = int(i)
             index.save(index_dir)
-        log.info("gallery: added %d images (now %d)", len(ids), len(index))
-        return {"added": [{"id": int(i), "path": p} for i, p in zip(ids, paths, strict=True)], "images": len(index)}
+        log.info("gallery: added %d images (now %d)", len(new), len(index))
+        return {"added": [{"id": known[p], "path": p, "new": j in new} for j, p in enumerate(paths)],
+                "images": len(index)}
 
     @app.delete("/gallery/{image_id}")
     def remove(image_id: int) -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         with lock:
+            paths = index.meta["paths"][index.ids == image_id]
             try:
                 index.remove([image_id])
             except VreidError:
                 raise HTTPException(404, f"no gallery image with id {image_id}") from None
             index.save(index_dir)
+            for path in map(Path, paths):  # an uploaded file goes with its entry; the user's own files stay
+                if path.parent == index_dir / UPLOADS:
+                    path.unlink(missing_ok=True)
         return {"removed": image_id, "images": len(index)}
 
     return BodyLimit(app, limits.max_bytes)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vreid.data.records import ImageRecord
 from vreid.data.transforms import build_test_transform
 from vreid.engine.checkpoint import model_weights
-from vreid.engine.extract import AMP_DTYPES, embed_batch
+from vreid.engine.extract import AMP_DTYPES, FeatureSet, embed_batch, extract_features
 from vreid.errors import ConfigError, VreidError
 from vreid.models import build_model
 
@@ -92,9 +93,16 @@ class Embedder:
     """In-memory images -> L2-normalised features, exactly as `vreid extract` embeds files."""
 
     def __init__(self, cfg):
+        self.cfg = cfg
         self.setup = inference_setup(cfg)
         self.transform = build_test_transform(cfg)
         self.batch_size = cfg.TEST.IMS_PER_BATCH
+        self.num_workers = cfg.DATALOADER.NUM_WORKERS
+
+    def embed_records(self, records: Sequence[ImageRecord]) -> FeatureSet:
+        """Image files -> FeatureSet, decoded by a DataLoader batch by batch (memory stays bounded)."""
+        return extract_features(self.setup.model, records, self.transform, batch_size=self.batch_size,
+                                device=self.setup.device, num_workers=self.num_workers, **self.setup.options)
 
     @property
     def dim(self) -> int:

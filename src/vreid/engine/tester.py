@@ -70,14 +70,13 @@ def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY) -> Path:
     """``vreid extract --images DIR``: every image under DIR -> ``OUTPUT_DIR/<name>.npz`` (ids from the file names
     when ``DATASETS.FOLDER_PATTERN`` matches them, else empty)."""
     from vreid.data.formats.folder import image_records
+    from vreid.engine.inference import Embedder
 
     records = image_records(folder, cfg.DATASETS.FOLDER_PATTERN)
     out = Path(cfg.OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    setup = inference_setup(cfg)
-    features = extract_features(setup.model, records, build_test_transform(cfg), batch_size=cfg.TEST.IMS_PER_BATCH,
-                                device=setup.device, num_workers=cfg.DATALOADER.NUM_WORKERS, **setup.options)
+    features = Embedder(cfg).embed_records(records)
     path = features.save(out / f"{name}.npz")
     log.info("%d images of %s embedded: %s", len(features), folder, path)
     return path

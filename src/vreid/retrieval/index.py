@@ -6,7 +6,8 @@ Scores are cosine similarities (inner products of unit vectors): higher is more 
 
 Kinds: ``exact`` (brute force; numpy or FAISS flat), ``ivf`` (FAISS inverted lists: ``nlist`` k-means cells,
 ``nprobe`` searched) and ``hnsw`` (FAISS graph, ``hnsw_m`` links, ``ef_search``) for galleries of millions.
-Without FAISS every kind falls back to the exact numpy search (slower, never less accurate).
+Without FAISS every kind falls back to the exact numpy search (slower, never less accurate); an IVF index whose
+gallery has shrunk below its list count falls back to exact FAISS search the same way.
 
 Adding and removing images never rebuilds the whole index: rows are appended or deleted, FAISS flat and IVF
 indexes add/remove by id, and HNSW (which cannot delete) hides removed ids until they exceed a tenth of the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +35,10 @@ log = logging.getLogger(__name__)
 KINDS = ("exact", "ivf", "hnsw")
 ENGINES = ("auto", "numpy", "faiss")
 FORMAT = "vreid-gallery-index"
-MANIFEST, ARRAYS, FAISS_FILE = "index.json", "gallery.npz", "faiss.index"
+MANIFEST = "index.json"  # names the current arrays and FAISS files: written last, so a crash keeps the old state
 META = ("paths", "vehicle_ids", "camera_ids", "track_ids")
 REBUILD_FRACTION = 0.1  # HNSW: rebuild once hidden (removed) entries exceed this share of the gallery
+NUMPY_BLOCK_BYTES = 256 * 2**20  # numpy search: scores of a block of queries against the whole gallery
 
 
 def _faiss():
@@ -78,6 +81,8 @@ class GalleryIndex:
 
     def __init__(self, dim: int, kind: str = "exact", engine: str = "auto", nlist: int = 0, nprobe: int = 16,
                  hnsw_m: int = 32, ef_search: int = 128):
+        """``engine``: auto (FAISS when installed), numpy, or faiss (an error without FAISS); ``nlist`` 0 lets
+        the IVF list count follow the gallery size at every (re)build."""
         if kind not in KINDS:
             raise VreidError(f"index kind {kind!r}: choose from {', '.join(KINDS)}")
         if engine not in ENGINES:
@@ -91,7 +96,9 @@ class GalleryIndex:
             hnsw_m, ef_search
         self.engine = "faiss" if faiss is not None and engine != "numpy" else "numpy"
         if self.engine == "numpy" and kind != "exact":
-            log.warning("FAISS is not installed: the %s index falls back to exact numpy search", kind)
+            log.warning("%s: the %s index runs as exact numpy search", "numpy engine chosen" if engine == "numpy"
+                        else "FAISS is not installed", kind)
+        self.trained_nlist = 0  # IVF lists of the current FAISS index (0: none built)
         self.ids = np.zeros(0, np.int64)
         self.features = np.zeros((0, dim), np.float32)
         self.meta = {k: np.zeros(0, dtype=str) for k in META}
@@ -123,7 +130,10 @@ class GalleryIndex:
                            dtype=str)
             self.meta[name] = np.concatenate([self.meta[name].astype(str), new])
         if self._index is not None:
-            self._index.add_with_ids(features, ids)
+            if self.kind == "ivf" and not self.trained_nlist:
+                self._index = None  # searched exactly while too small to train: try IVF again at the next search
+            else:
+                self._index.add_with_ids(features, ids)
         return ids
 
     def remove(self, ids: Sequence[int]) -> int:
@@ -157,19 +167,20 @@ class GalleryIndex:
     def _build(self):
         faiss = _faiss()
         n = len(self)
+        nlist = self.nlist or max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39))  # FAISS wants >= 39 points per list
+        self.trained_nlist = 0
+        if self.kind == "ivf" and n < nlist:
+            log.warning("ivf index: %d images cannot train %d lists; searching exactly until there are more", n, nlist)
         if self.kind == "hnsw":
             graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             graph.hnsw.efSearch = self.ef_search
             index = faiss.IndexIDMap2(graph)
-        elif self.kind == "ivf":
-            nlist = self.nlist or max(1, min(int(4 * np.sqrt(max(n, 1))), max(n // 39, 1)))
+        elif self.kind == "ivf" and n >= nlist:
             quantizer = faiss.IndexFlatIP(self.dim)
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            if n < nlist:
-                raise VreidError(f"ivf index: {n} images cannot train {nlist} lists (lower nlist or use 'exact')")
             index.train(self.features)
             index.nprobe = self.nprobe
-            self.nlist = nlist
+            self.trained_nlist = nlist
         else:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         if n:
@@ -189,8 +200,9 @@ class GalleryIndex:
             return [[] for _ in queries]
         if self.engine == "numpy":
             rows = []
-            for start in range(0, len(queries), 256):  # bounded memory: 256 x gallery scores at a time
-                scores = queries[start:start + 256] @ self.features.T
+            block = max(1, min(1024, NUMPY_BLOCK_BYTES // (16 * len(self))))  # scores + argpartition, bounded
+            for start in range(0, len(queries), block):
+                scores = queries[start:start + block] @ self.features.T
                 part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
                 for r in range(len(part)):
                     order = part[r][np.lexsort((part[r], -scores[r, part[r]]))]
@@ -202,10 +214,12 @@ class GalleryIndex:
             scores, found = self._index.search(queries, fetch)
             rows = [[(int(i), float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0 and int(i) not in
                      self.hidden][:k] for srow, irow in zip(scores, found, strict=True)]
-        position = {int(i): j for j, i in enumerate(self.ids)}
-        return [[self._hit(rank, i, s, position[i]) for rank, (i, s) in enumerate(row, 1)] for row in rows]
+        return [[self._hit(rank, i, s) for rank, (i, s) in enumerate(row, 1)] for row in rows]
 
-    def _hit(self, rank: int, id_: int, score: float, j: int) -> Hit:
+    def _hit(self, rank: int, id_: int, score: float) -> Hit:
+        j = int(np.searchsorted(self.ids, id_))  # ids are increasing (appended so, removal keeps order; checked)
+        if j >= len(self.ids) or self.ids[j] != id_:
+            raise VreidError(f"index inconsistency: id {id_} returned by the search is not in the gallery arrays")
         m = self.meta
         return Hit(rank, id_, score, str(m["paths"][j]), str(m["vehicle_ids"][j]), str(m["camera_ids"][j]),
                    str(m["track_ids"][j]))
@@ -216,25 +230,31 @@ class GalleryIndex:
                 "ef_search": self.ef_search}
 
     def save(self, folder: str | Path) -> Path:
-        """Arrays, then the FAISS index, then the manifest (last: a crash leaves the previous manifest)."""
+        """New arrays and FAISS files under fresh names, then the manifest naming them, then the old files go:
+        a crash at any point leaves a folder that loads (the old or the new state)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex[:12]
+        arrays = f"gallery.{token}.npz"
         buffer = io.BytesIO()
         np.savez(buffer, ids=self.ids, features=self.features, **self.meta)
-        atomic_write_bytes(folder / ARRAYS, buffer.getvalue())
-        faiss_saved = False
+        atomic_write_bytes(folder / arrays, buffer.getvalue())
+        faiss_file = ""
         if self.engine == "faiss" and self._index is not None:
-            faiss = _faiss()
-            atomic_write_bytes(folder / FAISS_FILE, faiss.serialize_index(self._index).tobytes())
-            faiss_saved = True
+            faiss_file = f"faiss.{token}.index"
+            atomic_write_bytes(folder / faiss_file, _faiss().serialize_index(self._index).tobytes())
         manifest = {"format": FORMAT, "version": 1, "dim": self.dim, "count": len(self), "next_id": self.next_id,
-                    "engine": self.engine, "faiss_index": faiss_saved, "hidden": sorted(self.hidden),
-                    **self.options()}
+                    "engine": self.engine, "arrays": arrays, "faiss_index": faiss_file, "hidden": sorted(self.hidden),
+                    "trained_nlist": self.trained_nlist, **self.options()}
         atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        for old in [*folder.glob("gallery.*.npz"), *folder.glob("faiss.*.index")]:
+            if old.name not in (arrays, faiss_file):
+                old.unlink(missing_ok=True)
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, engine: str = "auto") -> GalleryIndex:
+    def load(cls, folder: str | Path, engine: str | None = None) -> GalleryIndex:
+        """``engine`` None: the one the index was built with (numpy where FAISS is no longer installed)."""
         folder = Path(folder)
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
@@ -245,25 +265,32 @@ class GalleryIndex:
             raise VreidError(f"{folder / MANIFEST}: broken manifest ({exc})") from None
         if manifest.get("format") != FORMAT:
             raise VreidError(f"{folder / MANIFEST}: not a {FORMAT} manifest")
+        if engine is None:
+            engine = "numpy" if manifest.get("engine") == "numpy" else "auto"
         index = cls(manifest["dim"], manifest["kind"], engine, manifest["nlist"], manifest["nprobe"],
                     manifest["hnsw_m"], manifest["ef_search"])
+        arrays = folder / manifest.get("arrays", "gallery.npz")
         try:
-            with np.load(folder / ARRAYS, allow_pickle=False) as data:
+            with np.load(arrays, allow_pickle=False) as data:
                 index.ids, index.features = data["ids"].astype(np.int64), data["features"].astype(np.float32)
                 index.meta = {k: data[k].astype(str) for k in META}
         except (OSError, KeyError, ValueError) as exc:
-            raise VreidError(f"{folder / ARRAYS}: unreadable gallery arrays ({exc})") from None
-        if len(index.ids) != manifest["count"] or index.features.shape[1:] != (index.dim,):
-            raise VreidError(f"{folder}: {ARRAYS} holds {index.features.shape} features, the manifest says "
-                             f"{manifest['count']} x {index.dim} (interrupted write? rebuild the index)")
+            raise VreidError(f"{arrays}: unreadable gallery arrays ({exc})") from None
         index.next_id = int(manifest["next_id"])
-        if index.engine == "faiss" and manifest.get("faiss_index") and (folder / FAISS_FILE).is_file():
+        if len(index.ids) != manifest["count"] or index.features.shape[1:] != (index.dim,):
+            raise VreidError(f"{arrays}: holds {index.features.shape} features, the manifest says "
+                             f"{manifest['count']} x {index.dim} (rebuild the index)")
+        if len(index.ids) and (np.any(np.diff(index.ids) <= 0) or index.ids[-1] >= index.next_id):
+            raise VreidError(f"{arrays}: ids are not increasing or reach next_id {index.next_id} (rebuild the index)")
+        faiss_file = folder / manifest["faiss_index"] if manifest.get("faiss_index") else None
+        if index.engine == "faiss" and faiss_file is not None and faiss_file.is_file():
             faiss = _faiss()
-            loaded = faiss.deserialize_index(np.frombuffer((folder / FAISS_FILE).read_bytes(), dtype=np.uint8))
+            loaded = faiss.deserialize_index(np.frombuffer(faiss_file.read_bytes(), dtype=np.uint8))
             if loaded.ntotal == len(index) + len(manifest.get("hidden", [])):
                 index._index, index.hidden = loaded, set(manifest.get("hidden", []))
+                index.trained_nlist = int(manifest.get("trained_nlist", 0))
             else:
-                log.warning("%s does not match the gallery arrays: rebuilding it", folder / FAISS_FILE)
+                log.warning("%s does not match the gallery arrays: rebuilding it", faiss_file)
         return index
 
     @classmethod
