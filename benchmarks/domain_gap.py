@@ -25,7 +25,9 @@ Defaults are what was run on a shared 2-core CPU machine under heavy load (1-min
 managed 0.03-0.5 iterations/s (its discriminators, 16.5 M parameters, are not sized by UNIT.WIDTH and no
 UNIT.* key reaches them), so --unit-iters 25 is what fitted, and 25 iterations translate into coloured
 noise: rows 3-5 then measure an untrained translator, not UNIT. Raise --unit-iters (thousands) on a GPU.
-The optional row `syn+mixstyle` (not in the default --rows) is MixStyle on real + untranslated synthetic.
+The optional rows (not in the default --rows): `syn+mixstyle` is MixStyle on real + untranslated synthetic,
+`+pk_domain` is real + translated synthetic in domain-balanced batches without MixStyle (it separates the
+sampler's effect from MixStyle's).
 Note that `pk_domain` draws fewer batches per epoch than `pk` (it is limited by the real identities), so
 with equal SOLVER.MAX_EPOCHS the MixStyle rows take fewer optimisation steps.
 
@@ -57,6 +59,7 @@ ROWS = {
     "real": "real only",
     "real+syn": "real + synthetic",
     "real+unit": "real + UNIT-translated synthetic",
+    "+pk_domain": "  + domain-balanced batches (no MixStyle)",  # optional: separates the sampler from MixStyle
     "+mixstyle": "  + MixStyle (domain pairs)",
     "+bgswap": "  + background swap",
     "syn+mixstyle": "real + synthetic (untranslated) + MixStyle",  # optional, not in the default --rows
@@ -252,7 +255,7 @@ def main() -> None:
     print(f"city: {counts}", flush=True)
 
     # 2. UNIT sim -> real (or a given translation), and the translated copy beside a link to the real-like part
-    need_unit = any(r in rows for r in ("real+unit", "+mixstyle", "+bgswap"))
+    need_unit = any(r in rows for r in ("real+unit", "+pk_domain", "+mixstyle", "+bgswap"))
     troot.mkdir(exist_ok=True)
     if need_unit and args.translated and not (troot / SIM).exists():
         given = Path(args.translated).resolve()
@@ -289,6 +292,7 @@ def main() -> None:
         "real": (city, ["DATASETS.TRAIN", "('aic21',)"]),
         "real+syn": (city, ["DATASETS.TRAIN", both]),
         "real+unit": (troot, ["DATASETS.TRAIN", both]),
+        "+pk_domain": (troot, ["DATASETS.TRAIN", both, "DATALOADER.SAMPLER", "pk_domain"]),
         "+mixstyle": (troot, ["DATASETS.TRAIN", both, *mix]),
         "+bgswap": (troot, ["DATASETS.TRAIN", both, *mix, "INPUT.BACKGROUND_SWAP.PROB", "0.6"]),
         "syn+mixstyle": (city, ["DATASETS.TRAIN", both, *mix]),

@@ -58,8 +58,8 @@ def main() -> None:
         hits = index.search(queries, 10)
         qps = len(queries) / (time.perf_counter() - start)
         recall = np.mean([len({h.id for h in row} & set(exact[i].tolist())) / 10 for i, row in enumerate(hits)])
-        settings = ", ".join(f"{k} {v}" for k, v in {**options, **({"nlist": index.nlist} if kind == "ivf" else {})}
-                             .items()) or "-"
+        shown = {**options, **({"nlist": index.trained_nlist} if kind == "ivf" else {})}
+        settings = ", ".join(f"{k} {v}" for k, v in shown.items()) or "-"
         print(f"| {kind} | {engine} | {settings} | {build:.1f} | {qps:.0f} | {recall:.3f} |", flush=True)
 
 
