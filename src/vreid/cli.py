@@ -30,9 +30,11 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 
 
 def _config(args: argparse.Namespace):
+    """The config of a command; its ``--backend`` option, where it has one, is the override ``TEST.BACKEND``."""
     from vreid.config import load_config
 
-    return load_config(args.config_file, args.opts)
+    backend = getattr(args, "backend", None)
+    return load_config(args.config_file, [*args.opts, *(["TEST.BACKEND", backend] if backend else [])])
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
@@ -121,21 +123,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from vreid.engine.tester import run_test
 
-    run_test(_with_backend(args))
+    run_test(_config(args))
     return 0
-
-
-def _with_backend(args: argparse.Namespace):
-    """The config with ``--backend`` applied as the override ``TEST.BACKEND`` (after the others)."""
-    from vreid.config import load_config
-
-    return load_config(args.config_file, [*args.opts, *(["TEST.BACKEND", args.backend] if args.backend else [])])
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from vreid.engine.tester import run_extract, run_extract_folder
 
-    cfg = _with_backend(args)
+    cfg = _config(args)
     if args.images:
         run_extract_folder(cfg, args.images)
     else:

@@ -68,19 +68,21 @@ def check_model_fits(index: GalleryIndex, embedder, where: str | Path) -> None:
                          f"config and weights that extracted the gallery")
 
 
+def _add(index: GalleryIndex, gallery: FeatureSet) -> list[int]:
+    return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
+                     gallery.track_ids).tolist()
+
+
 def add_features(index: GalleryIndex, features: str | Path) -> list[int]:
     gallery = FeatureSet.load(features)
     if gallery.features.ndim != 2 or gallery.features.shape[1] != index.dim:
         raise VreidError(f"{features}: features of shape {gallery.features.shape}, the index holds {index.dim}-d")
-    return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
-                     gallery.track_ids).tolist()
+    return _add(index, gallery)
 
 
 def add_images(index: GalleryIndex, embedder, records: Sequence[ImageRecord]) -> list[int]:
     """Embed image files (ids from their records) and add them; the files are read batch by batch."""
-    gallery = embedder.embed_records(records)
-    return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
-                     gallery.track_ids).tolist()
+    return _add(index, embedder.embed_records(records))
 
 
 def search_files(index: GalleryIndex, embedder, paths: Sequence[str | Path], top_k: int) -> list[list[Hit]]:

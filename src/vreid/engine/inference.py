@@ -104,10 +104,6 @@ class Embedder:
         return extract_features(self.setup.model, records, self.transform, batch_size=self.batch_size,
                                 device=self.setup.device, num_workers=self.num_workers, **self.setup.options)
 
-    @property
-    def dim(self) -> int:
-        return int(self.embed([Image.new("RGB", (32, 32))]).shape[1])
-
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         chunks = []
         for start in range(0, len(images), self.batch_size):

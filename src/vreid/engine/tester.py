@@ -13,9 +13,8 @@ import numpy as np
 from vreid.config import save_config
 from vreid.data.loader import load_test_dataset
 from vreid.data.records import GALLERY, QUERY
-from vreid.data.transforms import build_test_transform
-from vreid.engine.extract import FeatureSet, extract_features
-from vreid.engine.inference import inference_setup
+from vreid.engine.extract import FeatureSet
+from vreid.engine.inference import Embedder
 from vreid.engine.postprocess import (
     GALLERY_FILE,
     QUERY_FILE,
@@ -59,18 +58,14 @@ def extract_splits(
         if not recs:
             raise VreidError(f"dataset {dataset.name!r} at {dataset.root} has no {split} images for test split "
                              f"{cfg.DATASETS.TEST_SPLIT!r}")
-    setup = inference_setup(cfg)
-    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "device": setup.device, "num_workers": cfg.DATALOADER.NUM_WORKERS,
-              **setup.options}
-    transform = build_test_transform(cfg)
-    return {split: extract_features(setup.model, recs, transform, **kwargs) for split, recs in records.items()}
+    embedder = Embedder(cfg)
+    return {split: embedder.embed_records(recs) for split, recs in records.items()}
 
 
 def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY) -> Path:
     """``vreid extract --images DIR``: every image under DIR -> ``OUTPUT_DIR/<name>.npz`` (ids from the file names
     when ``DATASETS.FOLDER_PATTERN`` matches them, else empty)."""
     from vreid.data.formats.folder import image_records
-    from vreid.engine.inference import Embedder
 
     records = image_records(folder, cfg.DATASETS.FOLDER_PATTERN)
     out = Path(cfg.OUTPUT_DIR)
