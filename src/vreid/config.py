@@ -55,6 +55,10 @@ _C.INPUT.SIZE_TRAIN = (320, 320)  # (height, width) of training images; the pape
 _C.INPUT.SIZE_TEST = (320, 320)  # (height, width) of test images; the paper uses 320x320
 _C.INPUT.PIXEL_MEAN = (0.485, 0.456, 0.406)  # normalisation mean (ImageNet, RGB in [0, 1])
 _C.INPUT.PIXEL_STD = (0.229, 0.224, 0.225)  # normalisation std
+_C.INPUT.RESIZE_MODE = "stretch"  # to the input size: stretch (aspect not kept; the paper) | pad (aspect kept)
+_C.INPUT.RANDOM_RESOLUTION = CN()
+_C.INPUT.RANDOM_RESOLUTION.PROB = 0.0  # probability of downscaling a training image before the resize (camera scale)
+_C.INPUT.RANDOM_RESOLUTION.MIN_SCALE = 0.5  # smallest downscaling factor of a side, drawn uniformly in [MIN_SCALE, 1]
 _C.INPUT.FLIP_PROB = 0.5  # horizontal flip (0 for orientation models: a flip changes the orientation)
 _C.INPUT.PADDING = 10  # zero padding before a random crop back to SIZE_TRAIN (0 = no pad-and-crop)
 _C.INPUT.COLOR_JITTER = CN()
@@ -345,6 +349,7 @@ def validate(cfg: CN) -> None:
     from vreid.data.background_swap import FILLS
     from vreid.data.formats import DATASET_NAMES
     from vreid.data.records import LABEL_KINDS
+    from vreid.data.transforms import RESIZE_MODES
     from vreid.engine.extract import AMP_DTYPES
     from vreid.engine.inference import BACKENDS
     from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
@@ -377,6 +382,7 @@ def validate(cfg: CN) -> None:
         "TEST.BACKEND": BACKENDS,
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
         "INPUT.ERASING.VALUE": ("random", "zero"),
+        "INPUT.RESIZE_MODE": RESIZE_MODES,
         "INPUT.BACKGROUND_SWAP.FILL": FILLS,
     }
     for key, allowed in choices.items():

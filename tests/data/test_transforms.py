@@ -15,6 +15,7 @@ from vreid.data.transforms import (
     AUGMIX_OPS,
     AugMix,
     RandomPatch,
+    RandomResolution,
     build_test_transform,
     build_train_transform,
 )
@@ -285,3 +286,46 @@ def test_train_transform_is_reproducible_under_per_sample_seeding():
     transform(images[1])
     seed_all(3)
     assert torch.equal(first, transform(images[0]))
+
+
+def test_pad_resize_keeps_the_aspect_and_fills_with_the_mean():
+    """A 40 x 20 (w x h) red image into 32 x 24 (h x w): scale min(24/40, 32/20) = 0.6 -> 24 x 12, centred with
+    10 rows of the mean colour above and below, which normalisation maps to exactly 0."""
+    cfg = make_cfg(RESIZE_MODE="pad")
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    out = build_test_transform(cfg)(img)
+    assert out.shape == (3, 32, 24)
+    torch.testing.assert_close(out[:, :10], torch.zeros(3, 10, 24), atol=0.01, rtol=0)
+    torch.testing.assert_close(out[:, 22:], torch.zeros(3, 10, 24), atol=0.01, rtol=0)
+    red = (torch.tensor([1.0, 0.0, 0.0]) - MEAN) / STD
+    torch.testing.assert_close(out[:, 12:20].mean((1, 2)), red, atol=0.02, rtol=0)
+
+
+def test_stretch_is_the_default_and_fills_the_whole_input():
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    out = build_test_transform(make_cfg())(img)
+    red = (torch.tensor([1.0, 0.0, 0.0]) - MEAN) / STD
+    torch.testing.assert_close(out.mean((1, 2)), red, atol=1e-4, rtol=0)
+
+
+def test_random_resolution_downscales_sides_within_the_range():
+    torch.manual_seed(0)
+    step = RandomResolution(p=1.0, min_scale=0.5)
+    img = Image.new("RGB", (100, 60))
+    sizes = [step(img).size for _ in range(200)]
+    widths = [w for w, _ in sizes]
+    assert min(widths) >= 50 and max(widths) <= 100
+    assert max(widths) - min(widths) > 30  # the factor is drawn, not fixed
+    assert all(abs(h - 0.6 * w) <= 1 for w, h in sizes)  # one factor for both sides: the aspect is kept
+    assert RandomResolution(p=0.0, min_scale=0.5)(img) is img
+
+
+def test_random_resolution_is_in_the_pipeline_only_when_asked_and_checked():
+    steps = build_train_transform(make_cfg()).transforms
+    assert not any(isinstance(s, RandomResolution) for s in steps)
+    steps = build_train_transform(make_cfg(RANDOM_RESOLUTION__PROB=0.5)).transforms
+    assert isinstance(steps[0], RandomResolution)
+    with pytest.raises(ValueError, match="INPUT.RANDOM_RESOLUTION.MIN_SCALE"):
+        build_train_transform(make_cfg(RANDOM_RESOLUTION__PROB=0.5, RANDOM_RESOLUTION__MIN_SCALE=0.0))
+    with pytest.raises(ValueError, match="INPUT.RESIZE_MODE"):
+        build_test_transform(make_cfg(RESIZE_MODE="crop"))

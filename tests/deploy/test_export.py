@@ -135,3 +135,17 @@ def test_parity_on_real_vehicles_with_imagenet_mobilenet(shared_vehicle2cam, tmp
         run_export(load_config(None, ["TEST.WEIGHT", "a.onnx"]), tmp_path / "a.onnx")
     result = run_export(cfg, tmp_path / "mnv2.onnx", images=shared_vehicle2cam / "images", count=8)
     assert result["images"] == 8 and result["min_cosine"] >= 0.9999
+
+
+def test_efficientnet_lite_exports_with_tensorflow_padding(tmp_path):
+    """SAME padding is computed from the input size at trace time; an odd input size (asymmetric padding at every
+    stride-2 layer) must give the same embeddings in ONNX Runtime as in PyTorch."""
+    torch.manual_seed(0)
+    overrides = ["MODEL.BACKBONE", "efficientnet_lite0", "MODEL.LAST_STRIDE", "2", "INPUT.SIZE_TEST", "(72, 56)",
+                 "SOLVER.AMP", "off", "TEST.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+                 "OUTPUT_DIR", str(tmp_path / "out")]
+    model = build_model(load_config(None, overrides), 3)
+    torch.save(model.state_dict(), tmp_path / "model_final.pth")
+    cfg = load_config(None, [*overrides, "TEST.WEIGHT", str(tmp_path / "model_final.pth")])
+    result = run_export(cfg, tmp_path / "lite0.onnx", images=_images(tmp_path / "images"), count=6)
+    assert result["min_cosine"] >= 0.9999 and result["feature_dim"] == 1280

@@ -64,6 +64,61 @@ def _coin(p: float) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# Scale: aspect-preserving resize and random resolution
+
+
+RESIZE_MODES = ("stretch", "pad")
+
+
+class PadResize:
+    """Resize to fit inside ``size`` keeping the aspect ratio, then centre on a canvas of the mean colour.
+
+    Stretching every crop to a square (the paper's choice) distorts a motorcycle and a bus differently, and a camera
+    that frames vehicles at another aspect distorts them differently again; padding keeps shapes comparable.
+    ``fill`` is the RGB mean, which normalisation maps to zero.
+    """
+
+    def __init__(self, size: tuple[int, int], fill: tuple[int, int, int]) -> None:
+        self.size, self.fill = size, fill
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        height, width = self.size
+        scale = min(width / img.width, height / img.height)
+        new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        canvas = Image.new("RGB", (width, height), self.fill)
+        canvas.paste(img.convert("RGB").resize(new, Image.BILINEAR, reducing_gap=None),
+                     ((width - new[0]) // 2, (height - new[1]) // 2))
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, fill={self.fill})"
+
+
+class RandomResolution:
+    """With probability ``p``, downscale the image by a factor drawn from [min_scale, 1] (the resize that follows
+    brings it back to the network's size).
+
+    A camera farther away or with a lower resolution gives the same vehicle with fewer pixels; training on images
+    of one recording only, the model otherwise learns that recording's sharpness as part of what a vehicle looks like.
+    """
+
+    def __init__(self, p: float, min_scale: float) -> None:
+        if not 0.0 < min_scale <= 1.0:
+            raise ValueError(f"min_scale must be in (0, 1], got {min_scale!r}")
+        self.p, self.min_scale = p, min_scale
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if not _coin(self.p):
+            return img
+        scale = _uniform(self.min_scale, 1.0)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        return img.resize(size, Image.BILINEAR, reducing_gap=None) if size != img.size else img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, min_scale={self.min_scale})"
+
+
+# --------------------------------------------------------------------------------------------------
 # RandomPatch
 
 
@@ -310,6 +365,17 @@ def _prob(value: Any, key: str) -> float:
     return p
 
 
+def _resize(cfg: CfgNode, size: tuple[int, int]) -> Callable[..., Any]:
+    """The resize to the network's input size: stretched (aspect not kept) or padded (aspect kept)."""
+    mode = cfg.INPUT.RESIZE_MODE
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"INPUT.RESIZE_MODE must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    if mode == "pad":
+        fill = tuple(int(round(255 * float(m))) for m in cfg.INPUT.PIXEL_MEAN)
+        return PadResize(size, fill)  # type: ignore[arg-type]
+    return v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+
 def _to_normalised_tensor(cfg: CfgNode) -> list[Callable[..., Any]]:
     mean, std = [float(v) for v in cfg.INPUT.PIXEL_MEAN], [float(v) for v in cfg.INPUT.PIXEL_STD]
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -331,7 +397,15 @@ def build_train_transform(cfg: CfgNode) -> Callable[[Image.Image], torch.Tensor]
     blur = _prob(inp.BLUR_PROB, "INPUT.BLUR_PROB")
     erasing = _prob(inp.ERASING.PROB, "INPUT.ERASING.PROB")
 
-    steps: list[Callable[..., Any]] = [v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)]
+    low_res = _prob(inp.RANDOM_RESOLUTION.PROB, "INPUT.RANDOM_RESOLUTION.PROB")
+
+    steps: list[Callable[..., Any]] = []
+    if low_res > 0:
+        min_scale = float(inp.RANDOM_RESOLUTION.MIN_SCALE)
+        if not 0.0 < min_scale <= 1.0:
+            raise ValueError(f"INPUT.RANDOM_RESOLUTION.MIN_SCALE must be in (0, 1], got {min_scale!r}")
+        steps.append(RandomResolution(low_res, min_scale))
+    steps.append(_resize(cfg, size))
     if flip > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip))
     if padding > 0:
@@ -364,7 +438,7 @@ def build_train_transform(cfg: CfgNode) -> Callable[[Image.Image], torch.Tensor]
 
 
 def build_test_transform(cfg: CfgNode) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize to ``INPUT.SIZE_TEST`` (aspect not kept), to tensor, normalise: nothing random."""
+    """Resize to ``INPUT.SIZE_TEST`` (as ``INPUT.RESIZE_MODE`` says), to tensor, normalise: nothing random."""
     size = _size(cfg.INPUT.SIZE_TEST, "INPUT.SIZE_TEST")
-    steps = [v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True), *_to_normalised_tensor(cfg)]
+    steps = [_resize(cfg, size), *_to_normalised_tensor(cfg)]
     return v2.Compose(steps)

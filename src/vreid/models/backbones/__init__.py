@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
+from vreid.models.backbones.efficientnet_lite import LITE_VARIANTS, EfficientNetLite, efficientnet_lite
 from vreid.models.backbones.resnet_ibn import ResNetIBN, resnet50_ibn_a, resnet101_ibn_a, resnext101_ibn_a
 from vreid.models.backbones.torchvision import (
     TimmBackbone,
@@ -23,6 +24,8 @@ from vreid.models.backbones.weights import LoadReport, load_pretrained
 
 __all__ = [
     "IBN_BACKBONES",
+    "LITE_VARIANTS",
+    "EfficientNetLite",
     "LoadReport",
     "ResNetIBN",
     "TimmBackbone",
@@ -44,20 +47,24 @@ TIMM_PREFIX = "timm:"
 def create_backbone(name: str, last_stride: int = 1, pretrained_path: str | Path | None = None) -> nn.Module:
     """Build backbone ``name`` with random init, then load ``pretrained_path`` (a local file) if given.
 
-    ``name`` is one of :data:`IBN_BACKBONES`, any torchvision classification model name with a convolutional trunk
-    (``resnet152``, ``mobilenet_v2``, ``efficientnet_b0``...), or ``timm:<name>`` when timm is installed.
+    ``name`` is one of :data:`IBN_BACKBONES`, an EfficientNet-Lite size (:data:`LITE_VARIANTS`), any torchvision
+    classification model name with a convolutional trunk (``resnet152``, ``mobilenet_v2``, ``efficientnet_b0``...),
+    or ``timm:<name>`` when timm is installed.
     ``last_stride=1`` (the ReID default) keeps layer4 at output stride 16; families whose last downsampling cannot
     be removed that way raise ``ValueError`` asking for ``last_stride=2``.
     """
     if name in IBN_BACKBONES:
         backbone = IBN_BACKBONES[name](last_stride)
+    elif name in LITE_VARIANTS:
+        backbone = efficientnet_lite(name, last_stride)
     elif name.startswith(TIMM_PREFIX):
         backbone = create_timm_backbone(name[len(TIMM_PREFIX):], last_stride)
     elif name in torchvision_model_names():
         backbone = create_torchvision_backbone(name, last_stride)
     else:
         raise ValueError(
-            f"unknown backbone {name!r}: use one of {sorted(IBN_BACKBONES)}, any torchvision classification model "
+            f"unknown backbone {name!r}: use one of {sorted(IBN_BACKBONES) + sorted(LITE_VARIANTS)}, "
+            "any torchvision classification model "
             "name (torchvision.models.list_models(module=torchvision.models), e.g. 'resnet152', 'mobilenet_v2'), "
             "or 'timm:<name>' when timm is installed"
         )

@@ -1,0 +1,244 @@
+"""Which recipe holds up on a recording it never saw? Proxies for a shift of recording, built from train.txt alone.
+
+vehicle-2cam's shared copy has one list, ``train.txt`` (405 vehicles, one image per camera). This script cuts it into
+held-out splits and, for each split, into three *proxies* of a new recording, trains each recipe on each split with
+several seeds and tests it on every proxy:
+
+- ``plain``: 100 held-out vehicles as they are (camera-1 queries, camera-2 gallery);
+- ``sharp``: the training images downscaled by ``--scale`` (0.6) before training, the held-out images untouched: the
+  test recording has larger, sharper crops than the training one (the case a user meets with a closer camera);
+- ``blur``: the model trained on the untouched images, the held-out images downscaled by ``--scale``: a farther or
+  lower-resolution camera.
+
+Splits (each holds out 100 vehicles, stratified by type): ``seed0`` and ``seed1`` draw them at random, ``tail`` takes
+the highest-numbered vehicles of each type (the end of the recording). No figure here comes from vehicles outside
+``train.txt``: the separate recording that judges the recipe is never read.
+
+    python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --recipes 'shipped;pad;shipped+test:TEST.FLIP=True' \\
+        --splits seed0,seed1,tail --seeds 0,1,2 --proxies plain,sharp,blur
+    python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --table          # mean +- std per recipe and proxy
+
+Every (recipe, split, seed, training variant) run is one ``vreid train`` + one ``vreid test`` per proxy, in
+subprocesses, exactly as a user runs them; results are appended to ``WORK/results.jsonl`` and finished runs are
+skipped when the script is run again, so a grid can be grown over several sittings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger("vehicle2cam_shift")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "vehicle-2cam"
+WEIGHTS = REPO.parent / "shared" / "weights"
+HELD_OUT = 100
+_NAME = re.compile(r"^(?P<type>[a-z]+)_(?P<num>\d+)_cam\d\.jpg$")
+
+MOBILENET = ["MODEL.PRETRAIN_PATH", str(WEIGHTS / "mobilenet_v2-b0353104.pth")]
+SIGNED = ["INPUT.PIXEL_MEAN", "(0.5,0.5,0.5)", "INPUT.PIXEL_STD", "(0.5,0.5,0.5)"]  # inputs in [-1, 1]
+LITE0 = ["MODEL.BACKBONE", "efficientnet_lite0",
+         "MODEL.PRETRAIN_PATH", str(WEIGHTS / "efficientnet-lite0-57934424.pth"), *SIGNED]
+LITE2 = ["MODEL.BACKBONE", "efficientnet_lite2",
+         "MODEL.PRETRAIN_PATH", str(WEIGHTS / "efficientnet-lite2-9656183e.pth"), *SIGNED]
+BASE_CONFIG = "configs/vehicle2cam/mobilenetv2.yml"
+LOW_RES = ["INPUT.RANDOM_RESOLUTION.PROB", "0.5", "INPUT.RANDOM_RESOLUTION.MIN_SCALE", "0.4"]
+PAD = ["INPUT.RESIZE_MODE", "pad"]
+
+# recipe -> (config file, overrides, trained?). One lever per row against `shipped` unless the name says otherwise.
+# A name "A+test:KEY=VALUE,..." reuses recipe A's trained models and only changes how they are tested.
+RECIPES: dict[str, tuple[str, list[str], bool]] = {
+    "imagenet_mnv2": (BASE_CONFIG, MOBILENET, False),
+    "imagenet_lite0": (BASE_CONFIG, LITE0, False),
+    "imagenet_lite0_inorm": (BASE_CONFIG, LITE0[:4], False),  # ImageNet mean/std instead of [-1, 1]
+    "imagenet_lite2": (BASE_CONFIG, [*LITE2, "INPUT.SIZE_TEST", "(256,256)"], False),
+    "shipped": (BASE_CONFIG, MOBILENET, True),
+    "pad": (BASE_CONFIG, [*MOBILENET, *PAD], True),
+    "lowres": (BASE_CONFIG, [*MOBILENET, *LOW_RES], True),
+    "pad_lowres": (BASE_CONFIG, [*MOBILENET, *PAD, *LOW_RES], True),
+    "jitter_blur": (BASE_CONFIG, [*MOBILENET, "INPUT.COLOR_JITTER.PROB", "0.25", "INPUT.BLUR_PROB", "0.25"], True),
+    "gem_s1": (BASE_CONFIG, [*MOBILENET, "MODEL.POOLING", "gem", "MODEL.LAST_STRIDE", "1"], True),
+    "mixstyle": (BASE_CONFIG, [*MOBILENET, "MODEL.MIXSTYLE.ENABLED", "True"], True),
+    "size160": (BASE_CONFIG, [*MOBILENET, "INPUT.SIZE_TRAIN", "(160,160)", "INPUT.SIZE_TEST", "(160,160)"], True),
+    "size160_lowres": (BASE_CONFIG, [*MOBILENET, *LOW_RES, "INPUT.SIZE_TRAIN", "(160,160)",
+                                     "INPUT.SIZE_TEST", "(160,160)"], True),
+    "lite0": (BASE_CONFIG, LITE0, True),
+    "lite0_lowres": (BASE_CONFIG, [*LITE0, *LOW_RES], True),
+    "lite0_pad_lowres": (BASE_CONFIG, [*LITE0, *PAD, *LOW_RES], True),
+    "lite2": (BASE_CONFIG, [*LITE2, "INPUT.SIZE_TRAIN", "(256,256)", "INPUT.SIZE_TEST", "(256,256)"], True),
+}
+
+
+def _vehicles(names: list[str]) -> dict[str, list[str]]:
+    """type -> vehicle ids (``car_0012``) in numeric order."""
+    by_type: dict[str, set[str]] = defaultdict(set)
+    for name in names:
+        m = _NAME.match(name)
+        if m is None:
+            raise SystemExit(f"{DATA / 'train.txt'}: unexpected file name {name!r}")
+        by_type[m["type"]].add(f"{m['type']}_{m['num']}")
+    return {t: sorted(ids, key=lambda v: int(v.split("_")[1])) for t, ids in sorted(by_type.items())}
+
+
+def held_out_ids(names: list[str], split: str) -> set[str]:
+    """100 vehicles, each type in proportion to its share (largest remainders), drawn as ``split`` says."""
+    by_type = _vehicles(names)
+    total = sum(len(v) for v in by_type.values())
+    quotas = {t: HELD_OUT * len(v) / total for t, v in by_type.items()}
+    counts = {t: int(q) for t, q in quotas.items()}
+    for t in sorted(quotas, key=lambda t: counts[t] - quotas[t])[: HELD_OUT - sum(counts.values())]:
+        counts[t] += 1
+    chosen: set[str] = set()
+    for t, ids in by_type.items():
+        if split == "tail":
+            chosen.update(ids[len(ids) - counts[t]:])
+        else:
+            chosen.update(random.Random(int(split.removeprefix("seed"))).sample(ids, counts[t]))
+    return chosen
+
+
+def make_split(work: Path, split: str, variant: str, scale: float) -> Path:
+    """A vehicle-2cam folder: train.txt + val.txt; ``variant`` 'lowtrain' / 'lowval' downscales that part's images."""
+    root = work / "data" / f"{split}-{variant}"
+    if (root / "val.txt").is_file():
+        return root
+    names = [n.strip() for n in (DATA / "train.txt").read_text().splitlines() if n.strip()]
+    held = held_out_ids(names, split)
+    val = [n for n in names if n.rsplit("_", 1)[0] in held]
+    train = [n for n in names if n.rsplit("_", 1)[0] not in held]
+    images = root / "images" / "train"
+    images.mkdir(parents=True, exist_ok=True)
+    shrink = set(train if variant == "lowtrain" else val if variant == "lowval" else [])
+    for name in names:
+        target = images / name
+        if target.exists():
+            continue
+        if name in shrink:
+            img = Image.open(DATA / "images" / "train" / name).convert("RGB")
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img.resize(size, Image.BILINEAR, reducing_gap=None).save(target, quality=95)
+        else:
+            target.symlink_to(DATA / "images" / "train" / name)
+    (root / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "val.txt").write_text("\n".join(val) + "\n")  # written last: marks the folder complete
+    return root
+
+
+def _vreid(args: list[str], log_file: Path) -> None:
+    with log_file.open("a") as out:
+        code = subprocess.call([sys.executable, "-m", "vreid.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                               cwd=REPO)
+    if code != 0:
+        raise SystemExit(f"vreid {args[0]} failed (exit {code}); see {log_file}")
+
+
+def parse_recipe(recipe: str) -> tuple[str, list[str]]:
+    """``A+test:K=V,K=V`` -> ("A", [K, V, K, V]); a plain name -> (name, [])."""
+    base, _, tail = recipe.partition("+test:")
+    if base not in RECIPES:
+        raise SystemExit(f"unknown recipe {base!r}; known: {', '.join(RECIPES)}")
+    extra: list[str] = []
+    for item in filter(None, tail.split(",")):
+        key, _, value = item.partition("=")
+        extra += [key, value]
+    return base, extra
+
+
+def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float, done: set) -> None:
+    base, test_overrides = parse_recipe(recipe)
+    config, overrides, trained = RECIPES[base]
+    # proxies that share a trained model: plain and blur train on untouched images, sharp on downscaled ones
+    for variant, tested in (("orig", [p for p in proxies if p in ("plain", "blur")]),
+                            ("lowtrain", [p for p in proxies if p == "sharp"])):
+        todo = [p for p in tested if (recipe, split, seed, p) not in done]
+        if not todo or (not trained and variant == "lowtrain"):
+            continue
+        run_dir = work / "runs" / f"{base}-{split}-{variant}-s{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train_root = make_split(work, split, variant, scale)
+        weight, seconds = "", 0.0
+        if trained:
+            weight = str(run_dir / "train" / "model_final.pth")
+            if not Path(weight).is_file():
+                start = time.time()
+                _vreid(["train", "--config-file", config, *overrides, "DATASETS.ROOT_DIR", str(train_root),
+                        "SEED", str(seed), "OUTPUT_DIR", str(run_dir / "train")], run_dir / "log.txt")
+                seconds = time.time() - start
+        for proxy in todo:
+            test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, "lowval", scale)
+            out = run_dir / f"test-{proxy}{'-' + re.sub(r'[^A-Za-z0-9.=_-]', '_', recipe) if test_overrides else ''}"
+            _vreid(["test", "--config-file", config, *overrides, *test_overrides, "DATASETS.ROOT_DIR", str(test_root),
+                    "DATASETS.TEST_SPLIT", "val", "TEST.WEIGHT", weight, "OUTPUT_DIR", str(out)], run_dir / "log.txt")
+            metrics = json.loads((out / "metrics.json").read_text())
+            row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": metrics["mAP"],
+                   "rank1": metrics["rank1"], "train_s": round(seconds, 1)}
+            with (work / "results.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            log.info("%s", row)
+
+
+def table(work: Path) -> str:
+    rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines() if line.strip()]
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        cells[(r["recipe"], r["proxy"])].append(r["mAP"])
+    proxies = [p for p in ("plain", "sharp", "blur") if any(k[1] == p for k in cells)]
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    lines = ["| recipe | " + " | ".join(f"{p} mAP (n)" for p in proxies) + " |", "|---" * (len(proxies) + 1) + "|"]
+    for recipe in recipes:
+        parts = []
+        for p in proxies:
+            v = cells.get((recipe, p), [])
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            parts.append(f"{statistics.mean(v):.3f} +- {sd:.3f} ({len(v)})" if v else "-")
+        lines.append(f"| {recipe} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--recipes", default="shipped", help="';'-separated recipe names (see RECIPES)")
+    parser.add_argument("--splits", default="seed0")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--proxies", default="plain,sharp,blur")
+    parser.add_argument("--scale", type=float, default=0.6, help="downscaling factor of the low-resolution side")
+    parser.add_argument("--table", action="store_true", help="print the table of what results.jsonl holds")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.table:
+        print(table(args.work))
+        return
+    if not (DATA / "train.txt").is_file():
+        raise SystemExit(f"{DATA}/train.txt not found: this benchmark needs the shared vehicle-2cam data")
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = args.work / "results.jsonl"
+    done = set()
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["recipe"], r["split"], r["seed"], r["proxy"]))
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    for recipe in args.recipes.split(";"):
+        parse_recipe(recipe)
+        for split in args.splits.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                run(args.work, recipe, split, seed, args.proxies.split(","), args.scale, done)
+    print(table(args.work))
+
+
+if __name__ == "__main__":
+    main()
