@@ -116,7 +116,18 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vreid.engine.trainer import train
 
-    train(_config(args), resume=args.resume)
+    cfg = _config(args)
+    train(cfg, resume=args.resume)
+    if args.test:
+        from vreid.engine.checkpoint import FINAL_WEIGHTS
+        from vreid.engine.tester import run_test
+
+        out = Path(cfg.OUTPUT_DIR)
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.TEST.WEIGHT, cfg.OUTPUT_DIR = str(out / f"{FINAL_WEIGHTS}.pth"), str(out / "test")
+        cfg.freeze()
+        run_test(cfg)
     return 0
 
 
@@ -402,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model (OUTPUT_DIR gets config, logs, checkpoints, weights)")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pth")
+    train.add_argument("--test", action="store_true", help="then test the final weights as `vreid test` does "
+                       "(into OUTPUT_DIR/test)")
     _add_config_args(train, required=True)
     train.set_defaults(func=cmd_train)
 

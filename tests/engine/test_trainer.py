@@ -133,3 +133,16 @@ def test_ddp_with_two_cpu_processes(city, tmp_path):
     state = torch.load(double / "checkpoints" / "last.pth", weights_only=True)
     assert len(state["rng"]) == 2  # every rank's RNG state, so a DDP run resumes exactly too
     assert all(torch.equal(state["model"][k], b[k]) for k in b)  # rank 0 saved the synchronised weights
+
+
+def test_train_with_test_flag_evaluates_the_final_weights(city, tmp_path):
+    """``vreid train --test`` gives the metrics a separate ``vreid test`` of model_final.pth gives."""
+    out = tmp_path / "run"
+    vreid(*train_args(city, out, "SOLVER.MAX_EPOCHS", "1"), "--test")
+    together = json.loads((out / "test" / "metrics.json").read_text())
+    vreid("test", "--config-file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth"),
+          "OUTPUT_DIR", str(tmp_path / "separate"))
+    separate = json.loads((tmp_path / "separate" / "metrics.json").read_text())
+    assert together["num_query"] > 0
+    assert together["mAP"] == pytest.approx(separate["mAP"], abs=1e-6)
+    assert together["rank1"] == pytest.approx(separate["rank1"], abs=1e-6)

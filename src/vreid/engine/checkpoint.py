@@ -20,6 +20,8 @@ from vreid.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+FINAL_WEIGHTS = "model_final"  # OUTPUT_DIR/model_final.pth and .safetensors: what `vreid train` leaves
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Serialise to memory, then write to a temporary file and rename: a kill leaves the old file intact."""
@@ -71,6 +73,6 @@ def save_final_weights(state_dict: dict[str, torch.Tensor], out_dir: Path) -> tu
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    pth = save_checkpoint(tensors, out_dir / "model_final.pth")
-    st = atomic_write_bytes(out_dir / "model_final.safetensors", save(tensors))
+    pth = save_checkpoint(tensors, out_dir / f"{FINAL_WEIGHTS}.pth")
+    st = atomic_write_bytes(out_dir / f"{FINAL_WEIGHTS}.safetensors", save(tensors))
     return pth, st
