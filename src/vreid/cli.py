@@ -248,10 +248,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vreid.deploy.service import Limits, create_app, serve
+    from vreid.deploy.service import Access, Limits, check_bind, create_app, default_hosts, read_token, serve
 
-    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files)
-    serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only), args.host, args.port)
+    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files,
+                    max_request_pixels=args.max_request_pixels, max_concurrent=args.max_concurrent,
+                    body_timeout_s=args.body_timeout, max_connections=args.max_connections)
+    access = Access(token=read_token(args.token_file), protect_all=args.auth_all,
+                    allowed_hosts=("*",) if "*" in args.allowed_host else default_hosts(args.host, args.allowed_host),
+                    allowed_origins=tuple(args.allowed_origin))
+    check_bind(args.host, access, args.insecure)  # before the model is loaded: fail fast
+    serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only, access=access), args.host,
+          args.port, limits)
     return 0
 
 
@@ -534,6 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image, width x height")
     serve.add_argument("--max-files", type=int, default=64, help="images per POST /gallery")
     serve.add_argument("--read-only", action="store_true", help="refuse gallery changes")
+    serve.add_argument("--max-request-pixels", type=int, default=50_000_000,
+                       help="pixels of all images of one request together (bounds its memory)")
+    serve.add_argument("--max-concurrent", type=int, default=2, help="requests decoding and embedding at once")
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                       help="seconds for a whole request body to arrive (408 after)")
+    serve.add_argument("--max-connections", type=int, default=64, help="open connections (503 beyond)")
+    serve.add_argument("--token-file", metavar="F", help="bearer token for gallery changes (first line of F; "
+                       "default: the environment variable VREID_SERVE_TOKEN, if set)")
+    serve.add_argument("--auth-all", action="store_true", help="ask the token for every endpoint, searches too")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name clients may use besides loopback and --host (repeat; '*' for any)")
+    serve.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                       help="a browser origin (https://app.example) allowed to post besides the same origin")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a --host beyond loopback without a token (anyone reaching it may change it)")
     _add_config_args(serve)
     serve.set_defaults(func=cmd_serve)
 

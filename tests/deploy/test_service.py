@@ -84,7 +84,7 @@ def test_health_and_search_finds_the_same_image(service):
 
 
 @pytest.mark.parametrize("files,status,message", [
-    ({"image": ("notes.txt", b"hello, not an image", "text/plain")}, 415, "notes.txt: not a decodable image"),
+    ({"image": ("notes.txt", b"hello, not an image", "text/plain")}, 415, "notes.txt: unreadable image (not a JPEG, PNG, WebP or BMP file)"),
     ({"image": ("empty.jpg", b"", "image/jpeg")}, 400, "empty.jpg: empty upload"),
     ({"image": ("big.png", b"\x89PNG" + bytes(300_000), "image/png")}, 413, "over the limit of 200000 bytes"),
 ])
