@@ -209,6 +209,9 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 def cmd_index_remove(args: argparse.Namespace) -> int:
     from vreid.retrieval.index import GalleryIndex
 
+    bad = [i for i in args.ids if not 0 <= i < 2**63]
+    if bad:
+        raise VreidError(f"--ids {bad[0]}: not a gallery id (ids are 0 .. 2^63-1)")
     index = GalleryIndex.load(args.index)
     ids = [*args.ids, *(index.ids_of_paths(args.paths) if args.paths else [])]
     if not ids:

@@ -13,6 +13,7 @@ any pixel is decoded (:class:`ImageTooLarge`), for dataset files, ``--images`` f
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,9 @@ def _open(source: str | Path | BinaryIO, name: str | Path, max_pixels: int) -> I
     except FileNotFoundError:
         raise DatasetError("image file not found", path=name) from None
     except Image.DecompressionBombError as exc:  # Pillow's own bomb check, inside open(): same meaning as ours
-        raise ImageTooLarge(f"image has more than {max_pixels} pixels ({exc})", path=name) from None
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"image of {claimed.group(1)} pixels" if claimed else "image"
+        raise ImageTooLarge(f"{what} has more than {max_pixels} pixels", path=name) from None
     except UnidentifiedImageError:
         raise NotAnImage(f"unreadable image (not a {FORMAT_NAMES} file)", path=name) from None
     except Exception as exc:  # a decoder's parser can raise nearly anything (struct.error, IndexError, ...)
