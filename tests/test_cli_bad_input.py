@@ -31,6 +31,7 @@ def world(tmp_path_factory) -> Path:
     (tmp / "model.yml").write_text(load_config(None, [*opts, "TEST.WEIGHT", str(tmp / "model.pth")]).dump())
     feats = np.random.default_rng(0).normal(size=(3, 512)).astype(np.float32)
     GalleryIndex.from_features(feats, ["a.jpg", "b.jpg", "c.jpg"], engine="numpy").save(tmp / "idx")
+    GalleryIndex.from_features(feats, ["caf\udce9.jpg", "b.jpg", "c.jpg"], engine="numpy").save(tmp / "idx_bytes")
     (tmp / "nodim").mkdir()
     for f in (tmp / "idx").iterdir():
         (tmp / "nodim" / f.name).write_bytes(f.read_bytes())
@@ -93,3 +94,11 @@ def test_bad_input_exits_2_with_one_line(world, case):
     assert len(errors) == 1 and errors == run.stderr.strip().splitlines()[-1:], run.stderr
     assert expected in errors[0], run.stderr
     assert "SECRETHASH" not in run.stderr + run.stdout  # a file's contents are never echoed
+
+
+def test_search_table_survives_file_names_that_are_not_utf8(world):
+    run = subprocess.run([sys.executable, "-m", "vreid.cli", "search", "--index", str(world / "idx_bytes"),
+                          "--config-file", str(world / "model.yml"), "--image", str(world / "huge" / "small.png")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert run.returncode == 0, run.stderr
+    assert "caf\\xe9.jpg" in run.stdout and "b.jpg" in run.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vreid import __version__
 from vreid.errors import VreidError
-from vreid.fileio import atomic_save_npy, atomic_write_text
+from vreid.fileio import atomic_save_npy, atomic_write_text, display_text
 
 log = logging.getLogger("vreid")
 
@@ -246,7 +246,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     for query, hits in zip(args.image, results, strict=True):
         print(f"query {query}")
         for h in hits:
-            print(f"{h.rank:4d}  {h.score:.4f}  id {h.vehicle_id or '-':>8s}  cam {h.camera_id or '-':>5s}  {h.path}")
+            print(f"{h.rank:4d}  {h.score:.4f}  id {h.vehicle_id or '-':>8s}  cam {h.camera_id or '-':>5s}  "
+                  f"{display_text(h.path)}")  # a file name that is not UTF-8 must not stop the table
     return 0
 
 

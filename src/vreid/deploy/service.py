@@ -378,8 +378,10 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
 def server_config(app, host: str, port: int, limits: Limits = Limits()):
     """The uvicorn settings of ``vreid serve``: connection limit (503 beyond) and keep-alive timeout."""
     uvicorn = require("uvicorn", "serve")
+    # uvicorn answers 503 once the open connections (the asking one included) reach limit_concurrency: + 1 serves
+    # exactly max_connections clients at once
     return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=limits.keep_alive_s,
-                          limit_concurrency=limits.max_connections, server_header=False)
+                          limit_concurrency=limits.max_connections + 1, server_header=False)
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:

@@ -216,9 +216,12 @@ def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
         for b, batch in enumerate(loader, start=first):
             lr = set_lr(optimizer, cfg.SOLVER.BASE_LR, lr_factor_from_config(cfg, epoch + b / iters))
             skips.update(batch)
-            if len(batch["index"]) == 0:  # SKIP_UNREADABLE and not one image of the batch decodes
-                log.warning("epoch %d iteration %d: every image of the batch is unreadable; batch skipped",
-                            epoch + 1, b + 1)
+            empty = len(batch["index"]) == 0  # SKIP_UNREADABLE and not one image of the batch decodes
+            if cfg.DATALOADER.SKIP_UNREADABLE and info.distributed:  # every rank skips, or DDP would wait forever
+                empty = all_reduce_mean([float(empty)], info)[0] > 0
+            if empty:
+                log.warning("epoch %d iteration %d: every image of the batch is unreadable (on some rank); batch "
+                            "skipped", epoch + 1, b + 1)
                 bar.update(1)
                 continue
             images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
