@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/serve_load.py [--requests 200] [--concurrency 4] [--backbone resnet18] [--size 128]
            [--gallery-ids 100] [--onnx] [--work /tmp/vreid_serve_load]
-       python benchmarks/serve_load.py --wrk --clients 16,64 --duration 20 [...]
+       python benchmarks/serve_load.py --wrk --clients 16,64 --duration 30 [...]
 
 Builds everything it needs: a synthetic city (`vreid synth`), a randomly initialised model of --backbone
 (speed does not depend on the weight values), its gallery index (`vreid extract --images`, `vreid index build`),
@@ -56,7 +56,18 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
 wrk.body = "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n" ..
            "Content-Type: image/jpeg\r\n\r\n" .. image .. "\r\n--" .. boundary .. "--\r\n"
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+statuses = {}
+response = function(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
 done = function(summary, latency, requests)
+  local tally = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do tally[status] = (tally[status] or 0) + count end
+  end
+  local parts = {}
+  for status, count in pairs(tally) do table.insert(parts, string.format('"%d": %d', status, count)) end
+  io.write("STATUSES {" .. table.concat(parts, ", ") .. "}\n")
   local e = summary.errors
   io.write(string.format('RESULT {"requests": %d, "seconds": %f, "non_2xx": %d, "connect": %d, "read": %d, ' ..
     '"write": %d, "timeout": %d, "p50_ms": %f, "p90_ms": %f, "p99_ms": %f, "max_ms": %f}\n', summary.requests,
@@ -76,17 +87,35 @@ def peak_rss_mib(pid: int, reset: bool = False) -> float:
     return float("nan")
 
 
+def drain(url: str, query: Path) -> None:
+    """Wait until the requests wrk left in flight are done (a new search is answered, not refused with 503)."""
+    import httpx
+
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        try:
+            r = httpx.post(f"{url}/search", files={"image": ("q.jpg", query.read_bytes(), "image/jpeg")}, timeout=300)
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    sys.exit("the service did not drain its queue")
+
+
 def wrk_levels(url: str, pid: int, query: Path, clients: list[int], duration: int, work: Path) -> list[dict]:
     script = work / "search.lua"
     script.write_text(WRK_SCRIPT)
     rows = []
     for n in clients:
+        drain(url, query)  # the previous level's abandoned requests must not count against this one
         peak_rss_mib(pid, reset=True)
         out = subprocess.run(["wrk", "-t", "2", "-c", str(n), "-d", f"{duration}s", "--timeout", "60s", "-s",
                               str(script), f"{url}/search?top_k=20"], capture_output=True, text=True, check=True,
                              env={"VREID_QUERY": str(query), "PATH": "/usr/bin:/bin"})
         result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
-        result.update(clients=n, peak_rss_mib=round(peak_rss_mib(pid), 1))
+        statuses = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("STATUSES "))[9:])
+        result.update(clients=n, statuses=statuses, peak_rss_mib=round(peak_rss_mib(pid), 1))
         rows.append(result)
         print(json.dumps(result), flush=True)
     return rows
@@ -104,7 +133,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/vreid_serve_load")
     ap.add_argument("--wrk", action="store_true", help="load from wrk (a real load generator) instead of threads")
     ap.add_argument("--clients", default="16,64", help="--wrk: concurrent connections, one level each")
-    ap.add_argument("--duration", type=int, default=20, help="--wrk: seconds per level")
+    ap.add_argument("--duration", type=int, default=30, help="--wrk: seconds per level")
     ap.add_argument("--max-connections", type=int, default=64, help="the service's --max-connections")
     args = ap.parse_args()
     import httpx
