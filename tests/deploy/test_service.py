@@ -190,9 +190,10 @@ class HashEmbedder:
     """A stand-in model: a unit vector seeded by the pixels (equal images, equal features); records calls."""
 
     def __init__(self, block: threading.Event | None = None):
-        self.block, self.entered = block, threading.Event()
+        self.block, self.entered, self.calls = block, threading.Event(), 0
 
     def embed(self, images):
+        self.calls += 1
         if self.block is not None and len(images) > 1:  # a gallery upload: held until the test releases it
             self.entered.set()
             assert self.block.wait(30)
@@ -411,3 +412,29 @@ def test_embedding_a_gallery_upload_does_not_stall_searches(tmp_path):
             release.set()
             upload.join(20)
         assert result["r"].status_code == 200 and result["r"].json()["images"] == 5
+
+
+def test_queued_requests_of_clients_that_left_are_dropped(tmp_path):
+    release = threading.Event()
+    embedder = HashEmbedder(block=release)
+    limits = Limits(max_concurrent=1)
+    app = create_app(_small_index(tmp_path / "i"), embedder, limits)
+    query = httpx.Request("POST", "http://127.0.0.1/search", files={"image": ("q.png", _png(1), "image/png")})
+    body = query.read()
+    raw = (f"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {query.headers['content-type']}\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with serving(app, limits) as client:
+        before = embedder.calls
+        upload = threading.Thread(target=lambda: client.post(
+            "/gallery", files=[("images", (f"{i}.png", _png(70 + i), "image/png")) for i in range(2)]))
+        upload.start()
+        try:
+            assert embedder.entered.wait(10)  # the only worker is busy with the upload
+            for _ in range(3):  # three searches queue behind it, and their clients hang up
+                _raw(client.base_url.port, raw).close()
+            time.sleep(1.0)
+        finally:
+            release.set()
+            upload.join(20)
+        assert client.post("/search", files={"image": ("q.png", _png(1), "image/png")}).status_code == 200
+        assert embedder.calls - before == 2  # the upload and the last search: the abandoned ones were skipped

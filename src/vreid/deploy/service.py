@@ -13,8 +13,9 @@ Made to face a network (the limits and their HTTP codes are listed in docs/deplo
   body (slow uploads), per-image and per-request pixel counts read from the headers before any pixel is
   decoded, only the JPEG, PNG, WebP and BMP decoders, and a bound on requests decoding and embedding at once;
 - a bad request gets a 4xx with a message and the service keeps serving.
-Embedding happens outside the index lock: the lock only covers searching and changing the index, so one
-client adding many images never stalls the searches of others. Uploaded gallery images are stored under
+Decoding and embedding run on a few worker threads of their own, outside the index lock (the lock only covers
+searching and changing the index, so one client adding many images never stalls the searches of others), and a
+queued request whose client has hung up is dropped before any work. Uploaded gallery images are stored under
 ``INDEX/uploads/`` (named by content hash) and the index is saved after every change.
 """
 
@@ -42,7 +43,7 @@ from vreid.data.images import SUFFIXES, ImageHeader, ImageTooLarge, decode_image
 from vreid.errors import DatasetError, VreidError
 
 try:
-    from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
     from fastapi import Path as PathParam
 except ImportError:
     raise VreidError("the HTTP service needs FastAPI: pip install 'vreid[serve]'") from None
@@ -60,6 +61,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_ID = 2**63 - 1  # gallery ids are int64
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_ROUTES = frozenset({("POST", "/search")})  # unsafe method, but changes nothing
+CLIENT_GONE = "vreid.client_gone"  # ASGI scope key: a threading.Event set when the client has hung up
+CLIENT_CLOSED = 499  # the answer (nobody reads it) to a request dropped because its client left
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,12 @@ class BodyLimit:
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
         total, started, rejected, complete = 0, False, False, False
+        gone = scope[CLIENT_GONE] = threading.Event()  # set when the client hangs up before its answer
+        watcher: asyncio.Task | None = None
+
+        async def watch() -> None:
+            if (await receive())["type"] == "http.disconnect":
+                gone.set()
 
         async def reject(status: int, detail: str):
             nonlocal rejected
@@ -215,7 +224,7 @@ class BodyLimit:
         async def counted_receive():
             # past a limit the client gets its 4xx at once and the application sees a disconnect (it stops
             # reading and answers nothing); once the body is complete, messages pass through untimed
-            nonlocal total, complete
+            nonlocal total, complete, watcher
             if rejected:
                 return {"type": "http.disconnect"}
             if deadline is None or complete:
@@ -230,6 +239,8 @@ class BodyLimit:
                 complete = not message.get("more_body", False)
                 if total > self.max_bytes:
                     return await reject(413, f"request body over the limit of {self.max_bytes} bytes")
+                if complete:  # from now on the only message left is the client's disconnect
+                    watcher = asyncio.ensure_future(watch())
             return message
 
         async def tracked_send(message):
@@ -244,6 +255,9 @@ class BodyLimit:
         except Exception:
             if not rejected:  # after a rejection the application's complaint about the cut body is expected
                 raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
 
 def _http_error(exc: DatasetError) -> HTTPException:
@@ -306,9 +320,16 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
         files = [(u.file.read(), u.filename or "upload") for u in uploads]
         return files, check_uploads(files, limits)  # every file checked before any is decoded
 
-    def embed(files: list[tuple[bytes, str]]):
+    def embed(request: Request, files: list[tuple[bytes, str]]):
+        gone = request.scope.get(CLIENT_GONE)
+
+        def job():
+            if gone is not None and gone.is_set():  # queued, and its client has hung up: skip the work
+                raise HTTPException(CLIENT_CLOSED, "the client closed the connection before its turn")
+            return embedder.embed([decode_upload(data, name, limits)[0] for data, name in files])
+
         # decoded images exist only inside a worker, the request thread waits with compressed bytes
-        features = workers.submit(lambda: embedder.embed([decode_upload(d, n, limits)[0] for d, n in files])).result()
+        features = workers.submit(job).result()
         if features.shape[1] != index.dim:
             raise HTTPException(500, f"the model gives {features.shape[1]}-d features, the index holds {index.dim}-d")
         return features
@@ -319,11 +340,12 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
                 "read_only": read_only, "uptime_s": round(time.time() - started, 1), **index.options()}
 
     @app.post("/search")
-    def search(image: Annotated[UploadFile, File()], top_k: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
+    def search(request: Request, image: Annotated[UploadFile, File()],
+               top_k: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
         if top_k > limits.max_top_k:
             raise HTTPException(422, f"top_k {top_k} is over the limit of {limits.max_top_k}")
         start = time.perf_counter()
-        features = embed(received([image])[0])
+        features = embed(request, received([image])[0])
         with lock:
             hits = index.search(features, top_k)[0]
         return {"results": [_hit(h) for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
@@ -333,7 +355,7 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
         return str(index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}")
 
     @app.post("/gallery")
-    def add(images: Annotated[list[UploadFile], File()], vehicle_id: Annotated[str, Form()] = "",
+    def add(request: Request, images: Annotated[list[UploadFile], File()], vehicle_id: Annotated[str, Form()] = "",
             camera_id: Annotated[str, Form()] = "") -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
@@ -344,7 +366,7 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
         with lock:  # a snapshot, to embed only what the gallery lacks
             stored = set(index.meta["paths"].tolist())
         fresh = [j for j, p in enumerate(paths) if p not in stored and p not in paths[:j]]
-        features = embed([files[j] for j in fresh]) if fresh else None  # outside the lock: searches go on
+        features = embed(request, [files[j] for j in fresh]) if fresh else None  # outside the lock: searches go on
         with lock:
             known = dict(zip(index.meta["paths"].tolist(), index.ids.tolist(), strict=True))
             new = [j for j in fresh if paths[j] not in known]  # another request may have added it meanwhile
