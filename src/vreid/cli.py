@@ -261,6 +261,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     allowed_hosts=("*",) if "*" in args.allowed_host else default_hosts(args.host, args.allowed_host),
                     allowed_origins=tuple(args.allowed_origin))
     check_bind(args.host, access, args.insecure)  # before the model is loaded: fail fast
+    if args.host in ("0.0.0.0", "::") and not args.allowed_host:
+        log.warning("listening on all addresses, but only the Host names %s are served: add the names clients "
+                    "use with --allowed-host", ", ".join(access.allowed_hosts))
     serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only, access=access), args.host,
           args.port, limits)
     return 0
