@@ -371,7 +371,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 
 def test_slow_bodies_time_out_and_connections_are_limited(tmp_path):
-    limits = Limits(body_timeout_s=1.0, max_connections=24)
+    limits = Limits(body_timeout_s=1.0, header_timeout_s=3.0, max_connections=24)
     app = create_app(_small_index(tmp_path / "i"), HashEmbedder(), limits)
     slow = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
             b"Content-Length: 1000\r\n\r\n--x\r\nC")
@@ -388,9 +388,16 @@ def test_slow_bodies_time_out_and_connections_are_limited(tmp_path):
         try:
             full = _read_all(_raw(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
             assert full.startswith(b"HTTP/1.1 503")
+            start = time.monotonic()  # ... until the head deadline closes the connections that sent nothing
+            assert all(_read_all(s) == b"" for s in idle) and time.monotonic() - start < 8
         finally:
             for s in idle:
                 s.close()
+        trickling = [_raw(port, b"GET /health HTTP/1.1\r\nHo") for _ in range(10)]  # slowloris: a head, slowly
+        start = time.monotonic()
+        assert all(_read_all(s) == b"" for s in trickling) and time.monotonic() - start < 8
+        for s in trickling:
+            s.close()
         time.sleep(0.3)
         assert client.get("/health").status_code == 200
 

@@ -76,6 +76,7 @@ class Limits:
     max_top_k: int = 1000  # (422)
     max_concurrent: int = 2  # requests decoding and embedding at once; others wait their turn
     body_timeout_s: float = 30.0  # the whole body must arrive within this after the headers (408)
+    header_timeout_s: float = 10.0  # a new connection must have sent its first request's head by then (closed)
     max_connections: int = 64  # open connections and requests (uvicorn limit_concurrency): 503 beyond
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
 
@@ -401,13 +402,36 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
     return Guard(BodyLimit(app, limits.max_bytes, limits.body_timeout_s), access)
 
 
+def _head_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline for a connection's first request head: a client that sends its
+    headers slowly, or nothing at all (slowloris), is disconnected instead of holding a connection slot."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(seconds, self._head_too_slow)
+
+        def _head_too_slow(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # no complete request head yet
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._head_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeadDeadlineProtocol
+
+
 def server_config(app, host: str, port: int, limits: Limits = Limits()):
-    """The uvicorn settings of ``vreid serve``: connection limit (503 beyond) and keep-alive timeout."""
+    """The uvicorn settings of ``vreid serve``: connection limit (503 beyond), keep-alive timeout, a deadline
+    for the first request head."""
     uvicorn = require("uvicorn", "serve")
     # uvicorn answers 503 once the open connections (the asking one included) reach limit_concurrency: + 1 serves
     # exactly max_connections clients at once
     return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=limits.keep_alive_s,
-                          limit_concurrency=limits.max_connections + 1, server_header=False)
+                          limit_concurrency=limits.max_connections + 1, server_header=False,
+                          http=_head_deadline_protocol(limits.header_timeout_s))
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
