@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vreid import __version__
 from vreid.errors import VreidError
-from vreid.fileio import atomic_save_npy, atomic_write_text
+from vreid.fileio import atomic_save_npy, atomic_write_text, display_text
 
 log = logging.getLogger("vreid")
 
@@ -220,6 +220,9 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 def cmd_index_remove(args: argparse.Namespace) -> int:
     from vreid.retrieval.index import GalleryIndex
 
+    bad = [i for i in args.ids if not 0 <= i < 2**63]
+    if bad:
+        raise VreidError(f"--ids {bad[0]}: not a gallery id (ids are 0 .. 2^63-1)")
     index = GalleryIndex.load(args.index)
     ids = [*args.ids, *(index.ids_of_paths(args.paths) if args.paths else [])]
     if not ids:
@@ -254,15 +257,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     for query, hits in zip(args.image, results, strict=True):
         print(f"query {query}")
         for h in hits:
-            print(f"{h.rank:4d}  {h.score:.4f}  id {h.vehicle_id or '-':>8s}  cam {h.camera_id or '-':>5s}  {h.path}")
+            print(f"{h.rank:4d}  {h.score:.4f}  id {h.vehicle_id or '-':>8s}  cam {h.camera_id or '-':>5s}  "
+                  f"{display_text(h.path)}")  # a file name that is not UTF-8 must not stop the table
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vreid.deploy.service import Limits, create_app, serve
+    from vreid.deploy.service import Access, Limits, check_bind, create_app, default_hosts, read_token, serve
 
-    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files)
-    serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only), args.host, args.port)
+    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files,
+                    max_request_pixels=args.max_request_pixels, max_concurrent=args.max_concurrent,
+                    body_timeout_s=args.body_timeout, max_connections=args.max_connections)
+    access = Access(token=read_token(args.token_file), protect_all=args.auth_all,
+                    allowed_hosts=("*",) if "*" in args.allowed_host else default_hosts(args.host, args.allowed_host),
+                    allowed_origins=tuple(args.allowed_origin))
+    check_bind(args.host, access, args.insecure)  # before the model is loaded: fail fast
+    if args.host in ("0.0.0.0", "::") and not args.allowed_host:
+        log.warning("listening on all addresses, but only the Host names %s are served: add the names clients "
+                    "use with --allowed-host", ", ".join(access.allowed_hosts))
+    serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only, access=access), args.host,
+          args.port, limits)
     return 0
 
 
@@ -547,6 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image, width x height")
     serve.add_argument("--max-files", type=int, default=64, help="images per POST /gallery")
     serve.add_argument("--read-only", action="store_true", help="refuse gallery changes")
+    serve.add_argument("--max-request-pixels", type=int, default=50_000_000,
+                       help="pixels of all images of one request together (bounds its memory)")
+    serve.add_argument("--max-concurrent", type=int, default=2, help="requests decoding and embedding at once")
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                       help="seconds for a whole request body to arrive (408 after)")
+    serve.add_argument("--max-connections", type=int, default=64, help="open connections (503 beyond)")
+    serve.add_argument("--token-file", metavar="F", help="bearer token for gallery changes (first line of F; "
+                       "default: the environment variable VREID_SERVE_TOKEN, if set)")
+    serve.add_argument("--auth-all", action="store_true", help="ask the token for every endpoint, searches too")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name clients may use besides loopback and --host (repeat; '*' for any)")
+    serve.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                       help="a browser origin (https://app.example) allowed to post besides the same origin")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a --host beyond loopback without a token (anyone reaching it may change it)")
     _add_config_args(serve)
     serve.set_defaults(func=cmd_serve)
 

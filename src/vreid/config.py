@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,16 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # text a YAML problem message quotes from the file
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _keys_look_like_options(tree: dict) -> bool:
+    """Every key, at every depth, an identifier: else the file is not a config, and its keys must not be echoed."""
+    return all(isinstance(k, str) and _OPTION_NAME.fullmatch(k) and (not isinstance(v, dict)
+               or _keys_look_like_options(v)) for k, v in tree.items())
+
+
 def load_yaml_with_base(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a dict, with its ``_BASE_`` files merged underneath it (recursively)."""
     path = Path(path).resolve()
@@ -259,12 +270,20 @@ def load_yaml_with_base(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict
     if not path.is_file():
         where = f" (named by _BASE_ in {_chain[-1]})" if _chain else ""
         raise ConfigError(f"{path}: config file not found{where}")
+    # the errors below never quote the file: _BASE_ may name any file the process can read (/etc/shadow)
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({type(exc).__name__})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = _QUOTED.sub("...", str(getattr(exc, "problem", None) or type(exc).__name__))
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(tree).__name__}")
+    if not _keys_look_like_options(tree):
+        raise ConfigError(f"{path}: not a vreid config file (its keys are not option names like MODEL or SOLVER)")
     bases = tree.pop(BASE_KEY, [])
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:

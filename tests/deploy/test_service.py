@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from vreid.deploy.service import Limits, create_app  # noqa: E402  (needs FastAPI)
+from vreid.deploy.service import Limits, create_app, server_config  # noqa: E402  (needs FastAPI)
 
 
 def _png(seed: int, size=(48, 40)) -> bytes:
@@ -35,9 +36,9 @@ def _png(seed: int, size=(48, 40)) -> bytes:
 
 
 @contextlib.contextmanager
-def serving(app):
-    """The app on a free loopback port, in a thread; yields an HTTP client for it."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def serving(app, limits: Limits | None = None):
+    """The app on a free loopback port with the settings of `vreid serve`, in a thread; yields an HTTP client."""
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, limits or Limits()))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -84,7 +85,8 @@ def test_health_and_search_finds_the_same_image(service):
 
 
 @pytest.mark.parametrize("files,status,message", [
-    ({"image": ("notes.txt", b"hello, not an image", "text/plain")}, 415, "notes.txt: not a decodable image"),
+    ({"image": ("notes.txt", b"hello, not an image", "text/plain")}, 415,
+     "notes.txt: unreadable image (not a JPEG, PNG, WebP or BMP file)"),
     ({"image": ("empty.jpg", b"", "image/jpeg")}, 400, "empty.jpg: empty upload"),
     ({"image": ("big.png", b"\x89PNG" + bytes(300_000), "image/png")}, 413, "over the limit of 200000 bytes"),
 ])
@@ -176,3 +178,270 @@ def test_read_only_service_refuses_changes(service):
         r = client.post("/gallery", files=[("images", ("n.png", _png(5), "image/png"))])
         assert r.status_code == 403 and "read-only" in r.json()["detail"]
         assert client.delete("/gallery/1").status_code == 403
+
+
+# --- hostile clients: each attack of issue 14, over a real loopback socket ---------------------------------------
+
+TOKEN = "s3cret-token-0123456789"
+DIM = 16
+
+
+class HashEmbedder:
+    """A stand-in model: a unit vector seeded by the pixels (equal images, equal features); records calls."""
+
+    def __init__(self, block: threading.Event | None = None):
+        self.block, self.entered, self.calls = block, threading.Event(), 0
+
+    def embed(self, images):
+        self.calls += 1
+        if self.block is not None and len(images) > 1:  # a gallery upload: held until the test releases it
+            self.entered.set()
+            assert self.block.wait(30)
+        rows = [np.random.default_rng(list(np.asarray(im, np.uint8).ravel()[:64])).normal(size=DIM) for im in images]
+        feats = np.asarray(rows, np.float32).reshape(len(images), DIM)
+        return feats / np.linalg.norm(feats, axis=1, keepdims=True)
+
+
+def _small_index(folder: Path, paths=("a.png", "b.png", "c.png")) -> Path:
+    feats = np.random.default_rng(0).normal(size=(len(paths), DIM)).astype(np.float32)
+    GalleryIndex.from_features(feats, list(paths), engine="numpy").save(folder)
+    return folder
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG claiming width x height with almost no pixel data (what a decompression bomb shows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(100)))
+            + chunk(b"IEND", b""))
+
+
+def _upload(name="n.png", seed=5):
+    return [("images", (name, _png(seed), "image/png"))]
+
+
+def test_token_guards_gallery_changes_and_optionally_everything(tmp_path):
+    from vreid.deploy.service import Access
+
+    app = create_app(_small_index(tmp_path / "i"), HashEmbedder(), access=Access(token=TOKEN))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serving(app) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
+            r = client.post("/gallery", files=_upload(), headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert client.delete("/gallery/0").status_code == 401
+        assert client.get("/health").json()["images"] == 3  # nothing changed
+        assert client.post("/search", files={"image": ("q.png", _png(1), "image/png")}).status_code == 200
+        added = client.post("/gallery", files=_upload(), headers=auth)
+        assert added.status_code == 200 and added.json()["images"] == 4
+        assert client.delete("/gallery/0", headers=auth).json() == {"removed": 0, "images": 3}
+    app = create_app(tmp_path / "i", HashEmbedder(), access=Access(token=TOKEN, protect_all=True))
+    with serving(app) as client:
+        assert client.get("/health").status_code == 401
+        assert client.post("/search", files={"image": ("q.png", _png(1), "image/png")}).status_code == 401
+        assert client.get("/health", headers=auth).status_code == 200
+
+
+def test_cross_origin_posts_and_foreign_host_names_are_refused(tmp_path):
+    from vreid.deploy.service import Access, default_hosts
+
+    app = create_app(_small_index(tmp_path / "i"), HashEmbedder(), access=Access(allowed_hosts=default_hosts("::1")))
+    with serving(app) as client:
+        port = client.base_url.port
+        evil = client.post("/gallery", files=_upload(), headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and "cross-origin" in evil.json()["detail"]
+        assert client.post("/gallery", files=_upload(), headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+        assert client.delete("/gallery/1", headers={"Origin": "null"}).status_code == 403
+        rebound = client.delete("/gallery/1", headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 400 and "evil.example" in rebound.json()["detail"]
+        assert client.get("/health", headers={"Host": "evil.example"}).status_code == 400
+        assert client.get("/health").json()["images"] == 3  # nothing changed
+        for host in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+            assert client.get("/health", headers={"Host": host}).status_code == 200, host
+        same = client.post("/gallery", files=_upload(), headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert same.status_code == 200 and same.json()["images"] == 4  # a same-origin page is fine
+
+
+def test_binding_beyond_loopback_needs_a_token_or_insecure(tmp_path, monkeypatch):
+    from vreid.deploy.service import Access, check_bind, read_token
+    from vreid.errors import VreidError
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_bind(host, Access())
+    for host in ("0.0.0.0", "192.168.1.5", "::", "myhost.example"):
+        with pytest.raises(VreidError, match="no token is set"):
+            check_bind(host, Access())
+        check_bind(host, Access(token=TOKEN))
+        check_bind(host, Access(), insecure=True)
+    monkeypatch.delenv("VREID_SERVE_TOKEN", raising=False)
+    assert read_token() is None
+    monkeypatch.setenv("VREID_SERVE_TOKEN", f" {TOKEN}\n")
+    assert read_token() == TOKEN
+    (tmp_path / "tok").write_text(TOKEN[::-1] + "\n")
+    assert read_token(str(tmp_path / "tok")) == TOKEN[::-1]  # the file wins over the environment
+    (tmp_path / "short").write_text("hunter2\n")
+    with pytest.raises(VreidError, match="at least 16 characters") as err:
+        read_token(str(tmp_path / "short"))
+    assert "hunter2" not in str(err.value)  # a secret is never echoed
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "vreid.cli", "serve", "--index", str(tmp_path), "--host", "0.0.0.0"],
+                         capture_output=True, text=True, timeout=60, env={k: v for k, v in __import__("os").environ
+                                                                          .items() if k != "VREID_SERVE_TOKEN"})
+    assert run.returncode == 2 and "--insecure" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_only_four_decoders_and_every_decoder_failure_is_a_4xx(tmp_path):
+    limits = Limits(max_bytes=2_000_000, max_pixels=1_000_000)
+    app = create_app(_small_index(tmp_path / "i"), HashEmbedder(), limits)
+    rgb = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    png = _encoded(rgb, "PNG")
+    cases = {  # name: (bytes, status, text in the answer)
+        "photo.jpg": (_encoded(rgb, "JPEG"), 200, ""), "photo.webp": (_encoded(rgb, "WEBP"), 200, ""),
+        "photo.bmp": (_encoded(rgb, "BMP"), 200, ""), "photo.png": (png, 200, ""),
+        "ghost.eps": (eps, 415, "not a JPEG, PNG, WebP or BMP file"),  # Ghostscript is never looked for
+        "anim.gif": (_encoded(rgb, "GIF"), 415, "not a JPEG, PNG, WebP or BMP file"),
+        "scan.tif": (_encoded(rgb, "TIFF"), 415, "not a JPEG, PNG, WebP or BMP file"),
+        "cut.png": (png[: len(png) // 2], 415, "cut.png: unreadable image"),
+        "bomb.png": (_png_header(100_000, 100_000), 413, "more than 1000000 pixels"),
+        "wide.png": (_png_header(5000, 5000), 413, "image 5000x5000 has more than 1000000 pixels"),
+        "zero.bmp": (b"BM" + bytes(60), 415, "zero.bmp: unreadable image"),
+    }
+    with serving(app, limits) as client:
+        for name, (data, status, text) in cases.items():
+            r = client.post("/search", files={"image": (name, data, "application/octet-stream")})
+            assert r.status_code == status, (name, r.text)
+            assert status == 200 or (name in r.json()["detail"] and text in r.json()["detail"]), r.text
+        assert client.get("/health").status_code == 200
+    from vreid.data.images import NotAnImage, read_image
+
+    (tmp_path / "ghost.jpg").write_bytes(eps)  # files are read with the same four decoders
+    with pytest.raises(NotAnImage, match="ghost.jpg: unreadable image"):
+        read_image(tmp_path / "ghost.jpg")
+
+
+def test_ids_out_of_range_and_non_utf8_paths_never_give_500(tmp_path):
+    paths = ["/data/caf\udce9.jpg", "plain.jpg"]  # a file name with a byte that is not UTF-8, as os.listdir gives it
+    app = create_app(_small_index(tmp_path / "i", paths), HashEmbedder())
+    with serving(app) as client:
+        for bad in ("99999999999999999999999", str(2**63), "-1", "abc", "1.5"):
+            assert client.delete(f"/gallery/{bad}").status_code == 422, bad
+        assert client.delete("/gallery/12345").status_code == 404
+        r = client.post("/search", files={"image": ("q.png", _png(1), "image/png")})
+        assert r.status_code == 200
+        assert sorted(h["path"] for h in r.json()["results"]) == ["/data/caf\\xe9.jpg", "plain.jpg"]
+
+
+def test_pixel_budget_per_request(tmp_path):
+    limits = Limits(max_bytes=1_000_000, max_pixels=25_000_000, max_request_pixels=50_000_000)
+    app = create_app(_small_index(tmp_path / "i"), HashEmbedder(), limits)
+    sheet = _encoded(Image.new("1", (5000, 5000)), "PNG")  # a few KiB, 25 M pixels
+    assert len(sheet) < 30_000
+    with serving(app, limits) as client:
+        files = [("images", (f"{i}.png", sheet, "image/png")) for i in range(8)]
+        r = client.post("/gallery", files=files)
+        assert r.status_code == 413 and "200000000 pixels in all: at most 50000000" in r.json()["detail"]
+        assert client.get("/health").json()["images"] == 3
+
+
+def _raw(port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_bodies_time_out_and_connections_are_limited(tmp_path):
+    limits = Limits(body_timeout_s=1.0, header_timeout_s=3.0, max_connections=24)
+    app = create_app(_small_index(tmp_path / "i"), HashEmbedder(), limits)
+    slow = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 1000\r\n\r\n--x\r\nC")
+    with serving(app, limits) as client:
+        port = client.base_url.port
+        start = time.monotonic()
+        socks = [_raw(port, slow) for _ in range(20)]
+        answers = [_read_all(s) for s in socks]  # returns once the server has answered and closed
+        assert time.monotonic() - start < 8
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[0]
+        for s in socks:
+            s.close()
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]  # fill the connection limit
+        try:
+            full = _read_all(_raw(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+            assert full.startswith(b"HTTP/1.1 503")
+            start = time.monotonic()  # ... until the head deadline closes the connections that sent nothing
+            assert all(_read_all(s) == b"" for s in idle) and time.monotonic() - start < 8
+        finally:
+            for s in idle:
+                s.close()
+        trickling = [_raw(port, b"GET /health HTTP/1.1\r\nHo") for _ in range(10)]  # slowloris: a head, slowly
+        start = time.monotonic()
+        assert all(_read_all(s) == b"" for s in trickling) and time.monotonic() - start < 8
+        for s in trickling:
+            s.close()
+        time.sleep(0.3)
+        assert client.get("/health").status_code == 200
+
+
+def test_embedding_a_gallery_upload_does_not_stall_searches(tmp_path):
+    release = threading.Event()
+    embedder = HashEmbedder(block=release)
+    app = create_app(_small_index(tmp_path / "i"), embedder)
+    with serving(app) as client:
+        result = {}
+        upload = threading.Thread(target=lambda: result.update(r=client.post(
+            "/gallery", files=[("images", (f"{i}.png", _png(60 + i), "image/png")) for i in range(2)])))
+        upload.start()
+        try:
+            assert embedder.entered.wait(10)  # the upload is being embedded now
+            r = client.post("/search", files={"image": ("q.png", _png(1), "image/png")}, timeout=10)
+            assert r.status_code == 200 and len(r.json()["results"]) == 3  # answered while the upload embeds
+        finally:
+            release.set()
+            upload.join(20)
+        assert result["r"].status_code == 200 and result["r"].json()["images"] == 5
+
+
+def test_queued_requests_of_clients_that_left_are_dropped(tmp_path):
+    release = threading.Event()
+    embedder = HashEmbedder(block=release)
+    limits = Limits(max_concurrent=1)
+    app = create_app(_small_index(tmp_path / "i"), embedder, limits)
+    query = httpx.Request("POST", "http://127.0.0.1/search", files={"image": ("q.png", _png(1), "image/png")})
+    body = query.read()
+    raw = (f"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {query.headers['content-type']}\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with serving(app, limits) as client:
+        before = embedder.calls
+        upload = threading.Thread(target=lambda: client.post(
+            "/gallery", files=[("images", (f"{i}.png", _png(70 + i), "image/png")) for i in range(2)]))
+        upload.start()
+        try:
+            assert embedder.entered.wait(10)  # the only worker is busy with the upload
+            for _ in range(3):  # three searches queue behind it, and their clients hang up
+                _raw(client.base_url.port, raw).close()
+            time.sleep(1.0)
+        finally:
+            release.set()
+            upload.join(20)
+        assert client.post("/search", files={"image": ("q.png", _png(1), "image/png")}).status_code == 200
+        assert embedder.calls - before == 2  # the upload and the last search: the abandoned ones were skipped

@@ -40,7 +40,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(VreidError, match=r"last.pth: cannot write \(disk full\)"):  # one line, not a traceback
         save_checkpoint({"v": torch.tensor(2)}, path)
     assert load_checkpoint(path)["v"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
@@ -75,3 +75,24 @@ def test_ema_is_the_moving_average():
     assert torch.allclose(ema.module.weight, 0.9 * w0 + 0.1 * (w0 + 1.0))
     with pytest.raises(ValueError):
         ModelEMA(model, decay=1.0)
+
+
+@pytest.mark.parametrize("where", ["parameter", "buffer", "ema", "inf"])
+def test_non_finite_weights_are_never_written_over_a_good_checkpoint(tmp_path, where):
+    from vreid.engine.checkpoint import NonFiniteWeights, save_final_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    good = {"model": model.state_dict(), "ema": model.state_dict(), "epoch": 1,
+            "optimizer": {"state": {0: {"exp_avg_sq": torch.tensor([float("inf")])}}}}  # not weights: allowed
+    path = save_checkpoint(good, tmp_path / "last.pth")
+    broken = {k: v.clone() for k, v in model.state_dict().items()}
+    key, value = {"parameter": ("0.weight", float("nan")), "buffer": ("1.running_var", float("nan")),
+                  "ema": ("0.bias", float("nan")), "inf": ("0.bias", float("-inf"))}[where]
+    broken[key].view(-1)[0] = value
+    state = {**good, "ema": broken} if where == "ema" else {**good, "model": broken}
+    with pytest.raises(NonFiniteWeights, match=rf"last.pth: not written.*{key.replace('.', '.')}"):
+        save_checkpoint({**state, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1  # the good one stays
+    with pytest.raises(NonFiniteWeights, match="model_final.pth: not written"):
+        save_final_weights(broken, tmp_path)
+    assert not (tmp_path / "model_final.pth").exists() and not (tmp_path / "model_final.safetensors").exists()

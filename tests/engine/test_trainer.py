@@ -97,6 +97,11 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(city, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
+    def steps(run: Path) -> list[int]:  # every line whole, each logged iteration once, as in an uninterrupted run
+        return [json.loads(line).get("step", -1) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert steps(killed) == steps(reference) and len(steps(reference)) >= 4
+
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(city, tmp_path):
     out = tmp_path / "nan"
@@ -107,6 +112,24 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(city, tmp_
     if (out / "checkpoints" / "last.pth").exists():
         state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_batches_of_only_unreadable_images_are_skipped_not_a_crash(city, tmp_path):
+    import shutil
+
+    broken = tmp_path / "city"
+    shutil.copytree(city, broken)
+    train_images = sorted((broken / "AIC21_Track2_ReID" / "image_train").glob("*.jpg"))
+    assert train_images
+    for path in train_images:  # every training image: every batch is all unreadable
+        path.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    result = vreid(*train_args(broken, out, "DATALOADER.SKIP_UNREADABLE", "True", "SOLVER.MAX_EPOCHS", "1"),
+                   check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "every image of the batch is unreadable (on some rank); batch skipped" in result.stderr
+    assert "skipped" in result.stderr and (out / "model_final.pth").is_file()
+    assert not (out / "metrics.jsonl").exists() or "loss" not in (out / "metrics.jsonl").read_text()
 
 
 @pytest.mark.slow
@@ -146,3 +169,19 @@ def test_train_with_test_flag_evaluates_the_final_weights(city, tmp_path):
     assert together["num_query"] > 0
     assert together["mAP"] == pytest.approx(separate["mAP"], abs=1e-6)
     assert together["rank1"] == pytest.approx(separate["rank1"], abs=1e-6)
+
+
+def test_metrics_are_cut_back_to_the_resumed_position(tmp_path):
+    from vreid.engine.trainer import MetricsLog
+
+    records = [{"epoch": 1 + (s - 1) // 5, "iter": 1 + (s - 1) % 5, "step": s, "loss": 1.0 / s} for s in range(1, 9)]
+    records.insert(5, {"epoch": 1, "split": "validation", "mAP": 0.5})  # after epoch 1 = step 5
+    lines = [json.dumps(r) for r in records]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 2, "iter": 4, "st')  # cut by a kill
+    log = MetricsLog(tmp_path, enabled=True)
+    assert log.truncate(step=6, iters_per_epoch=5) == 3  # steps 7, 8 and the partial line
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == [r for r in records if r.get("step", 5) <= 6]
+    log.write({"epoch": 2, "iter": 2, "step": 7}, 7)  # the resumed run continues the file
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 7
+    log.close()

@@ -5,15 +5,20 @@ corrupt file either stops the run with its path (the default) or, with
 ``DATALOADER.SKIP_UNREADABLE``, is dropped from its batch and counted, and the count and the
 paths are reported (:class:`SkipReport`), so a few bad files in a 50k-image set do not kill a
 long training run silently or otherwise.
+
+Only JPEG, PNG, WebP and BMP decoders ever run, and the pixel count is checked from the header before
+any pixel is decoded (:class:`ImageTooLarge`), for dataset files, ``--images`` folders and uploads alike.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -23,16 +28,80 @@ from vreid.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
+# Only these decoders ever run: the other Pillow plugins (EPS runs Ghostscript, and many rarely used parsers have
+# had memory-safety bugs) are never tried, whatever the bytes or the file name claim.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+FORMAT_NAMES = "JPEG, PNG, WebP or BMP"
+# Largest image read from a file (width x height, checked from the header before any pixel is decoded): Pillow's
+# own decompression-bomb threshold, so that its warning never fires before this clearer error.
+MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+SUFFIXES = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
+# the pixel checks below refuse such images with an error naming the file; Pillow's warning would only add noise
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-def read_image(path: str | Path) -> Image.Image:
-    """Decode an image fully as RGB; any failure becomes a DatasetError naming the file."""
+
+class ImageTooLarge(DatasetError):
+    """More pixels than allowed (also when only the header claims them): HTTP 413 in the service."""
+
+
+class NotAnImage(DatasetError):
+    """Not a decodable JPEG, PNG, WebP or BMP image: HTTP 415 in the service."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int
+    height: int
+    format: str  # one of IMAGE_FORMATS
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _open(source: str | Path | BinaryIO, name: str | Path, max_pixels: int) -> Image.Image:
+    """Open (header only) with the allowed decoders; any failure becomes a DatasetError naming ``name``."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")  # convert() forces the full decode inside the try
+        img = Image.open(source, formats=IMAGE_FORMATS)
     except FileNotFoundError:
-        raise DatasetError("image file not found", path=path) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"unreadable image ({type(exc).__name__}: {exc})", path=path) from None
+        raise DatasetError("image file not found", path=name) from None
+    except Image.DecompressionBombError as exc:  # Pillow's own bomb check, inside open(): same meaning as ours
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"image of {claimed.group(1)} pixels" if claimed else "image"
+        raise ImageTooLarge(f"{what} has more than {max_pixels} pixels", path=name) from None
+    except UnidentifiedImageError:
+        raise NotAnImage(f"unreadable image (not a {FORMAT_NAMES} file)", path=name) from None
+    except Exception as exc:  # a decoder's parser can raise nearly anything (struct.error, IndexError, ...)
+        raise NotAnImage(f"unreadable image ({type(exc).__name__}: {exc})", path=name) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"image {width}x{height} has more than {max_pixels} pixels", path=name)
+    return img
+
+
+def image_header(source: str | Path | BinaryIO, name: str | Path | None = None,
+                 max_pixels: int = MAX_PIXELS) -> ImageHeader:
+    """Size and format from the header alone (no pixel decoded), checked against ``max_pixels``."""
+    with _open(source, source if name is None else name, max_pixels) as img:
+        return ImageHeader(img.size[0], img.size[1], str(img.format))
+
+
+def decode_image(source: str | Path | BinaryIO, name: str | Path | None = None,
+                 max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageHeader]:
+    """Decode fully as RGB (JPEG, PNG, WebP, BMP only, at most ``max_pixels``); failures name ``name``."""
+    name = source if name is None else name
+    with _open(source, name, max_pixels) as img:
+        header = ImageHeader(img.size[0], img.size[1], str(img.format))
+        try:
+            return img.convert("RGB"), header  # convert() forces the full decode inside the try
+        except Exception as exc:  # truncated data, decoder errors of any type
+            raise NotAnImage(f"unreadable image ({type(exc).__name__}: {exc})", path=name) from None
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file fully as RGB; any failure becomes a DatasetError naming the file."""
+    return decode_image(path, max_pixels=max_pixels)[0]
 
 
 def find_unreadable(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:

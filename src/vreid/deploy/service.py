@@ -5,84 +5,243 @@
     POST   /gallery           multipart field(s) ``images`` (+ optional form ``vehicle_id``, ``camera_id``) -> new ids
     DELETE /gallery/{id}      remove one gallery image
 
-Every upload is checked before the model sees it: body size (streamed, so a huge upload is cut off early),
-emptiness, decodability and pixel count. A bad request gets a 4xx with a message and the service keeps serving.
-Uploaded gallery images are stored under ``INDEX/uploads/`` (named by content hash) and the index is saved
-after every change, so a restart loses nothing. Model calls and index changes are serialised by one lock.
+Made to face a network (the limits and their HTTP codes are listed in docs/deployment.md):
+- who may call: a Host allow-list (DNS rebinding), an Origin check on every request that is not a plain read
+  (cross-site form posts), and a bearer token, compared in constant time, for the gallery-changing endpoints
+  (optionally for all);
+- what a request may cost: body size (streamed, so a huge upload is cut off early), a deadline for the whole
+  body (slow uploads), per-image and per-request pixel counts read from the headers before any pixel is
+  decoded, only the JPEG, PNG, WebP and BMP decoders, and a bound on requests decoding and embedding at once;
+- a bad request gets a 4xx with a message and the service keeps serving.
+Decoding and embedding run on a few worker threads of their own, outside the index lock (the lock only covers
+searching and changing the index, so one client adding many images never stalls the searches of others), and a
+queued request whose client has hung up is dropped before any work. Uploaded gallery images are stored under
+``INDEX/uploads/`` (named by content hash) and the index is saved after every change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
 import io
+import ipaddress
 import json
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from vreid.errors import VreidError
+from vreid.data.images import SUFFIXES, ImageHeader, ImageTooLarge, decode_image, image_header
+from vreid.errors import DatasetError, VreidError
 
 try:
-    from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+    from fastapi import Path as PathParam
 except ImportError:
     raise VreidError("the HTTP service needs FastAPI: pip install 'vreid[serve]'") from None
 
 from vreid.deploy.runtime import require
-from vreid.fileio import atomic_write_bytes
+from vreid.fileio import atomic_write_bytes, display_text
 from vreid.retrieval.index import GalleryIndex
 
 log = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
+TOKEN_ENV = "VREID_SERVE_TOKEN"
+MIN_TOKEN_CHARS = 16
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+MAX_ID = 2**63 - 1  # gallery ids are int64
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_ROUTES = frozenset({("POST", "/search")})  # unsafe method, but changes nothing
+CLIENT_GONE = "vreid.client_gone"  # ASGI scope key: a threading.Event set when the client has hung up
+CLIENT_CLOSED = 499  # the answer (nobody reads it) to a request dropped because its client left
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_bytes: int = 8 * 2**20  # whole request body
-    max_pixels: int = 25_000_000  # width x height of one image
-    max_files: int = 64  # images per POST /gallery
-    max_top_k: int = 1000
+    """What one request may cost; every limit has its HTTP code (docs/deployment.md)."""
+
+    max_bytes: int = 8 * 2**20  # whole request body (413)
+    max_pixels: int = 25_000_000  # width x height of one image, from its header (413)
+    max_request_pixels: int = 50_000_000  # sum over the images of one request: bounds its decoded memory (413)
+    max_files: int = 64  # images per POST /gallery (413)
+    max_top_k: int = 1000  # (422)
+    max_concurrent: int = 2  # requests decoding and embedding at once; others wait their turn
+    body_timeout_s: float = 30.0  # the whole body must arrive within this after the headers (408)
+    header_timeout_s: float = 10.0  # a new connection must have sent its first request's head by then (closed)
+    max_connections: int = 64  # open connections and requests (uvicorn limit_concurrency): 503 beyond
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call: ``token`` None means no authentication (loopback use)."""
+
+    token: str | None = None
+    protect_all: bool = False  # the token for every endpoint, not only the gallery-changing ones
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES  # Host header names served ("*": any)
+    allowed_origins: tuple[str, ...] = ()  # browser origins (scheme://host[:port]) allowed besides the same origin
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def read_token(token_file: str | None = None, env: str = TOKEN_ENV) -> str | None:
+    """The bearer token from ``token_file`` (its first line), else the environment variable ``env``, else None."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VreidError(f"--token-file {token_file}: cannot read ({type(exc).__name__})") from None
+        where, token = f"--token-file {token_file}", token[0].strip() if token else ""
+    else:
+        where, token = f"${env}", os.environ.get(env, "").strip()
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS:  # the length only: never echo a secret
+        raise VreidError(f"{where}: the token must have at least {MIN_TOKEN_CHARS} characters "
+                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return token
+
+
+def check_bind(host: str, access: Access, insecure: bool = False) -> None:
+    """Refuse to listen beyond loopback without a token unless the operator says ``--insecure``."""
+    if not is_loopback(host) and access.token is None and not insecure:
+        raise VreidError(f"--host {host} is reachable beyond this machine and no token is set: give one "
+                         f"(--token-file F or ${TOKEN_ENV}), or pass --insecure to serve without authentication")
+
+
+def default_hosts(bound: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Loopback names, the bound address (unless a wildcard), and the operator's names."""
+    wildcard = bound in ("0.0.0.0", "::", "")
+    return tuple(dict.fromkeys([*LOOPBACK_NAMES, *([] if wildcard else [bound.strip("[]").lower()]),
+                                *(h.lower() for h in extra)]))
+
+
+def _host_name(host: str) -> str:
+    """``Host`` header -> host name without port (``[::1]:8000`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0].lower()
+    return host.rsplit(":", 1)[0].lower() if host.count(":") == 1 else host.lower()
+
+
+async def _answer(send, status: int, detail: str, extra_headers: tuple = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *extra_headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware, outermost: Host allow-list (400), Origin check (403), bearer token (401).
+
+    Runs before any body byte is read. The Origin check refuses a browser request from another site to
+    anything but a plain read, so a web page the operator visits cannot post to or delete from the gallery
+    even without a token; the Host check stops DNS rebinding (a foreign name pointed at this address).
+    """
+
+    def __init__(self, app, access: Access):
+        self.app, self.access = app, access
+        self.token = access.token.encode() if access.token else None
+
+    def _refusal(self, scope) -> tuple[int, str, tuple] | None:
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        host = headers.get(b"host", b"").decode("latin-1")
+        if "*" not in self.access.allowed_hosts and _host_name(host) not in self.access.allowed_hosts:
+            return 400, f"Host {host!r} is not served here (allowed: {', '.join(self.access.allowed_hosts)})", ()
+        method, path = scope["method"].upper(), scope["path"]
+        changing = method not in SAFE_METHODS and (method, path) not in READ_ROUTES
+        if method not in SAFE_METHODS:
+            origin = headers.get(b"origin")
+            site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+            if origin is not None:
+                text = origin.decode("latin-1")
+                same = urlsplit(text).netloc.lower() == host.lower() and host != ""
+                if not same and text not in self.access.allowed_origins:
+                    return 403, f"cross-origin request from {text!r} refused", ()
+            elif site in ("cross-site", "same-site"):
+                return 403, f"cross-origin request (Sec-Fetch-Site: {site}) refused", ()
+        if self.token is not None and (changing or self.access.protect_all):
+            given = headers.get(b"authorization", b"")
+            scheme, _, value = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), self.token):
+                return 401, "a valid bearer token is needed (Authorization: Bearer TOKEN)", (
+                    (b"www-authenticate", b"Bearer"),)
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                return await _answer(send, *refusal)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``max_bytes``, by header or while it streams in."""
+    """ASGI middleware: 413 for a body over ``max_bytes`` (by header or while it streams in), 408 for a body
+    that does not arrive completely within ``timeout_s`` of the request (slow uploads hold no worker)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": f"request body over the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    def __init__(self, app, max_bytes: int, timeout_s: float | None = None):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._reject(send)
-        total, started, rejected = 0, False, False
+            return await _answer(send, 413, f"request body over the limit of {self.max_bytes} bytes")
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
+        total, started, rejected, complete = 0, False, False, False
+        gone = scope[CLIENT_GONE] = threading.Event()  # set when the client hangs up before its answer
+        watcher: asyncio.Task | None = None
+
+        async def watch() -> None:
+            if (await receive())["type"] == "http.disconnect":
+                gone.set()
+
+        async def reject(status: int, detail: str):
+            nonlocal rejected
+            rejected = True
+            if not started:
+                await _answer(send, status, detail)
+            return {"type": "http.disconnect"}
 
         async def counted_receive():
-            # a body without Content-Length (chunked) is counted as it streams in; past the limit the client
-            # gets its 413 at once and the application sees a disconnect (it stops reading, answers nothing)
-            nonlocal total, rejected
+            # past a limit the client gets its 4xx at once and the application sees a disconnect (it stops
+            # reading and answers nothing); once the body is complete, messages pass through untimed
+            nonlocal total, complete, watcher
             if rejected:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if deadline is None or complete:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+                except TimeoutError:
+                    return await reject(408, f"request body not received within {self.timeout_s:g} s")
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
-                if total > self.max_bytes and not started:
-                    rejected = True
-                    await self._reject(send)
-                    return {"type": "http.disconnect"}
+                complete = not message.get("more_body", False)
+                if total > self.max_bytes:
+                    return await reject(413, f"request body over the limit of {self.max_bytes} bytes")
+                if complete:  # from now on the only message left is the client's disconnect
+                    watcher = asyncio.ensure_future(watch())
             return message
 
         async def tracked_send(message):
@@ -97,6 +256,32 @@ class BodyLimit:
         except Exception:
             if not rejected:  # after a rejection the application's complaint about the cut body is expected
                 raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+def _http_error(exc: DatasetError) -> HTTPException:
+    """An image that cannot be used -> 413 (too many pixels) or 415 (not an allowed, decodable image)."""
+    return HTTPException(413 if isinstance(exc, ImageTooLarge) else 415, str(exc))
+
+
+def check_uploads(files: list[tuple[bytes, str]], limits: Limits) -> list[ImageHeader]:
+    """Headers of every file of a request, checked (emptiness, format, pixels, the request's pixel sum) before
+    any pixel is decoded; an HTTP error names the file."""
+    headers = []
+    for data, name in files:
+        if not data:
+            raise HTTPException(400, f"{name}: empty upload")
+        try:
+            headers.append(image_header(io.BytesIO(data), name, limits.max_pixels))
+        except DatasetError as exc:
+            raise _http_error(exc) from None
+    total = sum(h.pixels for h in headers)
+    if total > limits.max_request_pixels:
+        raise HTTPException(413, f"{len(files)} images of {total} pixels in all: at most {limits.max_request_pixels} "
+                                 "pixels per request")
+    return headers
 
 
 def decode_upload(data: bytes, name: str, limits: Limits) -> tuple[Image.Image, str]:
@@ -104,37 +289,48 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> tuple[Image.Image, 
     if not data:
         raise HTTPException(400, f"{name}: empty upload")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size  # read from the header, before any pixel is decoded
-            if width * height > limits.max_pixels:
-                raise HTTPException(413, f"{name}: image {width}x{height} has more than {limits.max_pixels} pixels")
-            kind = {"JPEG": "jpg", "MPO": "jpg"}.get(img.format or "", (img.format or "img").lower())
-            return img.convert("RGB"), kind
-    except HTTPException:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise HTTPException(415, f"{name}: not a decodable image ({type(exc).__name__})") from None
+        image, header = decode_image(io.BytesIO(data), name, limits.max_pixels)
+    except DatasetError as exc:
+        raise _http_error(exc) from None
+    return image, SUFFIXES[header.format]
 
 
-def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False):
-    """The FastAPI application (``embedder``: a :class:`vreid.engine.inference.Embedder` or anything with
-    ``embed(list[PIL.Image]) -> np.ndarray``)."""
+def _hit(hit) -> dict[str, Any]:
+    """A search result as JSON-safe text (paths with bytes that are not UTF-8 are shown escaped)."""
+    return {k: display_text(v) if isinstance(v, str) else v for k, v in hit.to_dict().items()}
+
+
+def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False,
+               access: Access = Access()):
+    """The ASGI application (``embedder``: a :class:`vreid.engine.inference.Embedder` or anything with
+    ``embed(list[PIL.Image]) -> np.ndarray``), wrapped in :class:`Guard` and :class:`BodyLimit`."""
     from vreid.deploy.gallery import check_model_fits
 
     index_dir = Path(index_dir)
     index = GalleryIndex.load(index_dir)
     check_model_fits(index, embedder, index_dir)  # refuse to start rather than answer 500 to every request
-    lock = threading.Lock()
+    lock = threading.Lock()  # searching and changing the index (never held while decoding or embedding)
+    # decoding and embedding run on these few threads only: it bounds the work at once and the memory too (each
+    # thread that decodes a large image keeps its own malloc arena: with the request threads doing it, eight
+    # concurrent 25 M-pixel searches held 1.3 GB even when only two decoded at a time)
+    workers = ThreadPoolExecutor(max_workers=limits.max_concurrent, thread_name_prefix="vreid-embed")
     app = FastAPI(title="vreid", description="Vehicle re-identification search", version="1")
     started = time.time()
 
-    def read(upload: UploadFile) -> tuple[bytes, Image.Image, str]:
-        data = upload.file.read()
-        image, kind = decode_upload(data, upload.filename or "upload", limits)
-        return data, image, kind
+    def received(uploads: list[UploadFile]) -> tuple[list[tuple[bytes, str]], list[ImageHeader]]:
+        files = [(u.file.read(), u.filename or "upload") for u in uploads]
+        return files, check_uploads(files, limits)  # every file checked before any is decoded
 
-    def embed(images: list[Image.Image]):
-        features = embedder.embed(images)
+    def embed(request: Request, files: list[tuple[bytes, str]]):
+        gone = request.scope.get(CLIENT_GONE)
+
+        def job():
+            if gone is not None and gone.is_set():  # queued, and its client has hung up: skip the work
+                raise HTTPException(CLIENT_CLOSED, "the client closed the connection before its turn")
+            return embedder.embed([decode_upload(data, name, limits)[0] for data, name in files])
+
+        # decoded images exist only inside a worker, the request thread waits with compressed bytes
+        features = workers.submit(job).result()
         if features.shape[1] != index.dim:
             raise HTTPException(500, f"the model gives {features.shape[1]}-d features, the index holds {index.dim}-d")
         return features
@@ -145,41 +341,50 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
                 "read_only": read_only, "uptime_s": round(time.time() - started, 1), **index.options()}
 
     @app.post("/search")
-    def search(image: Annotated[UploadFile, File()], top_k: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
+    def search(request: Request, image: Annotated[UploadFile, File()],
+               top_k: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
         if top_k > limits.max_top_k:
             raise HTTPException(422, f"top_k {top_k} is over the limit of {limits.max_top_k}")
         start = time.perf_counter()
-        _, img, _ = read(image)
+        features = embed(request, received([image])[0])
         with lock:
-            hits = index.search(embed([img]), top_k)[0]
-        return {"results": [h.to_dict() for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
+            hits = index.search(features, top_k)[0]
+        return {"results": [_hit(h) for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
+
+    def upload_path(data: bytes, kind: str) -> str:
+        # stored under their content hash with the suffix of their real format: the same bytes twice are one image
+        return str(index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}")
 
     @app.post("/gallery")
-    def add(images: Annotated[list[UploadFile], File()], vehicle_id: Annotated[str, Form()] = "",
+    def add(request: Request, images: Annotated[list[UploadFile], File()], vehicle_id: Annotated[str, Form()] = "",
             camera_id: Annotated[str, Form()] = "") -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         if len(images) > limits.max_files:
             raise HTTPException(413, f"{len(images)} files: at most {limits.max_files} per request")
-        decoded = [read(u) for u in images]  # all checked before anything is stored
-        # stored under their content hash with the suffix of their real format: the same bytes twice are one image
-        paths = [str(index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}") for data, _, kind in
-                 decoded]
+        files, headers = received(images)
+        paths = [upload_path(data, SUFFIXES[h.format]) for (data, _), h in zip(files, headers, strict=True)]
+        with lock:  # a snapshot, to embed only what the gallery lacks
+            stored = set(index.meta["paths"].tolist())
+        fresh = [j for j, p in enumerate(paths) if p not in stored and p not in paths[:j]]
+        features = embed(request, [files[j] for j in fresh]) if fresh else None  # outside the lock: searches go on
         with lock:
             known = dict(zip(index.meta["paths"].tolist(), index.ids.tolist(), strict=True))
-            new = [j for j, p in enumerate(paths) if p not in known and p not in paths[:j]]
-            ids = index.add(embed([decoded[j][1] for j in new]), [paths[j] for j in new], [vehicle_id] * len(new),
-                            [camera_id] * len(new)) if new else []
-            for j, i in zip(new, ids, strict=True):
-                atomic_write_bytes(paths[j], decoded[j][0])
-                known[paths[j]] = int(i)
-            index.save(index_dir)
+            new = [j for j in fresh if paths[j] not in known]  # another request may have added it meanwhile
+            if new:
+                rows = [fresh.index(j) for j in new]
+                ids = index.add(features[rows], [paths[j] for j in new], [vehicle_id] * len(new),
+                                [camera_id] * len(new))
+                for j, i in zip(new, ids, strict=True):
+                    atomic_write_bytes(paths[j], files[j][0])
+                    known[paths[j]] = int(i)
+                index.save(index_dir)
         log.info("gallery: added %d images (now %d)", len(new), len(index))
         return {"added": [{"id": known[p], "path": p, "new": j in new} for j, p in enumerate(paths)],
                 "images": len(index)}
 
     @app.delete("/gallery/{image_id}")
-    def remove(image_id: int) -> dict[str, Any]:
+    def remove(image_id: Annotated[int, PathParam(ge=0, le=MAX_ID)]) -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         with lock:
@@ -194,10 +399,42 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
                     path.unlink(missing_ok=True)
         return {"removed": image_id, "images": len(index)}
 
-    return BodyLimit(app, limits.max_bytes)
+    return Guard(BodyLimit(app, limits.max_bytes, limits.body_timeout_s), access)
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
+def _head_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline for a connection's first request head: a client that sends its
+    headers slowly, or nothing at all (slowloris), is disconnected instead of holding a connection slot."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(seconds, self._head_too_slow)
+
+        def _head_too_slow(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # no complete request head yet
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._head_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeadDeadlineProtocol
+
+
+def server_config(app, host: str, port: int, limits: Limits = Limits()):
+    """The uvicorn settings of ``vreid serve``: connection limit (503 beyond), keep-alive timeout, a deadline
+    for the first request head."""
+    uvicorn = require("uvicorn", "serve")
+    # uvicorn answers 503 once the open connections (the asking one included) reach limit_concurrency: + 1 serves
+    # exactly max_connections clients at once
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=limits.keep_alive_s,
+                          limit_concurrency=limits.max_connections + 1, server_header=False,
+                          http=_head_deadline_protocol(limits.header_timeout_s))
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
     uvicorn = require("uvicorn", "serve")
     log.info("serving on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(app, host, port, limits)).run()

@@ -23,8 +23,38 @@ log = logging.getLogger(__name__)
 FINAL_WEIGHTS = "model_final"  # OUTPUT_DIR/model_final.pth and .safetensors: what `vreid train` leaves
 
 
+class NonFiniteWeights(VreidError):
+    """Weights (parameters or buffers) hold NaN or infinity: such a state is never written over a good one."""
+
+
+# parts of a training checkpoint that are not weights: an optimizer's or scaler's state may hold inf legitimately
+_NOT_WEIGHTS = frozenset({"optimizer", "scaler", "rng", "criterion"})
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in ``state`` (nested dicts/lists, optimizer and RNG state skipped)
+    that hold NaN or infinity."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix or "tensor"] if bad else []
+    if isinstance(state, dict):
+        return [name for key, value in state.items() if key not in _NOT_WEIGHTS
+                for name in non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(state, (list, tuple)):
+        return [name for i, value in enumerate(state) for name in non_finite_tensors(value, f"{prefix}[{i}]")]
+    return []
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Serialise to memory, then write to a temporary file and rename: a kill leaves the old file intact."""
+    """Serialise to memory, then write to a temporary file and rename: a kill leaves the old file intact.
+
+    Refused (:class:`NonFiniteWeights`, the old file kept) when any weight, parameter or buffer, is not finite:
+    a diverged step must never replace the last good checkpoint.
+    """
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteWeights(f"{path}: not written, the weights hold NaN or infinity ({', '.join(bad[:5])}"
+                               f"{', ...' if len(bad) > 5 else ''}); the previous file, if any, is kept")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
@@ -61,7 +91,12 @@ def model_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        if not path.is_file():
+            raise VreidError(f"{path}: weights file not found")
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError, ValueError... for a corrupt or cut file
+            raise VreidError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
     state = load_checkpoint(path)
     if "model" in state and isinstance(state["model"], dict):
         return state["model"]
@@ -73,6 +108,6 @@ def save_final_weights(state_dict: dict[str, torch.Tensor], out_dir: Path) -> tu
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    pth = save_checkpoint(tensors, out_dir / f"{FINAL_WEIGHTS}.pth")
+    pth = save_checkpoint(tensors, out_dir / f"{FINAL_WEIGHTS}.pth")  # refuses non-finite weights before either file
     st = atomic_write_bytes(out_dir / f"{FINAL_WEIGHTS}.safetensors", save(tensors))
     return pth, st

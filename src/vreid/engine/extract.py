@@ -63,9 +63,16 @@ class FeatureSet:
     def load(cls, path: str | Path) -> FeatureSet:
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise VreidError(f"{path}: not a vreid feature file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array: no paths or ids to go with it
+            raise VreidError(f"{path}: not a vreid feature file (a single array; `vreid extract` writes .npz "
+                             "files with features, paths and ids)")
+        try:
+            with data:
                 return cls(*(data[k] for k in ("features", "vehicle_ids", "camera_ids", "track_ids", "paths")))
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError) as exc:
             raise VreidError(f"{path}: not a vreid feature file ({exc})") from None
 
 

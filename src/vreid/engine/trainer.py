@@ -33,6 +33,7 @@ from vreid.engine.extract import AMP_DTYPES, extract_features
 from vreid.engine.optim import build_optimizer, lr_factor_from_config, set_lr
 from vreid.engine.postprocess import protocol_cameras
 from vreid.errors import VreidError
+from vreid.fileio import atomic_write_text
 from vreid.losses import build_criterion
 from vreid.models import build_model
 from vreid.retrieval import evaluate, pairwise_distance
@@ -60,6 +61,27 @@ class MetricsLog:
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"))
             except ImportError:
                 log.debug("tensorboard not installed: metrics go to %s only", self.path)
+
+    def truncate(self, step: int, iters_per_epoch: int) -> int:
+        """On resume: keep only the complete records up to ``step`` (the checkpoint's position), so that the
+        iterations run again after the last checkpoint, and a line cut by a kill, appear once. Returns the count
+        of records dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                position = record["step"] if "step" in record else record["epoch"] * iters_per_epoch
+                keep = isinstance(position, int) and position <= step
+            except (ValueError, KeyError, TypeError):  # a partial last line, or not one of ours
+                keep = False
+            kept += [line] if keep else []
+            dropped += not keep
+        if dropped:
+            atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+            log.info("%s: dropped %d records after the resumed position (step %d)", self.path, dropped, step)
+        return dropped
 
     def write(self, record: dict[str, Any], step: int) -> None:
         if not self.enabled:
@@ -158,6 +180,8 @@ def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
         raise VreidError(f"no training batch: {len(data.records)} images cannot fill one batch of "
                          f"{cfg.SOLVER.IMS_PER_BATCH} with sampler {cfg.DATALOADER.SAMPLER!r}")
     metrics_log = MetricsLog(out, info.is_main)
+    if resume:
+        metrics_log.truncate(start_epoch * iters + start_batch, iters)
     skips = SkipReport()
     total_iters = cfg.SOLVER.MAX_EPOCHS * iters
 
@@ -192,6 +216,14 @@ def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
         for b, batch in enumerate(loader, start=first):
             lr = set_lr(optimizer, cfg.SOLVER.BASE_LR, lr_factor_from_config(cfg, epoch + b / iters))
             skips.update(batch)
+            empty = len(batch["index"]) == 0  # SKIP_UNREADABLE and not one image of the batch decodes
+            if cfg.DATALOADER.SKIP_UNREADABLE and info.distributed:  # every rank skips, or DDP would wait forever
+                empty = all_reduce_mean([float(empty)], info)[0] > 0
+            if empty:
+                log.warning("epoch %d iteration %d: every image of the batch is unreadable (on some rank); batch "
+                            "skipped", epoch + 1, b + 1)
+                bar.update(1)
+                continue
             images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels, domains = batch["label"].to(device), batch["domain"].to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -263,8 +263,12 @@ class GalleryIndex:
                 from None
         except json.JSONDecodeError as exc:
             raise VreidError(f"{folder / MANIFEST}: broken manifest ({exc})") from None
-        if manifest.get("format") != FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise VreidError(f"{folder / MANIFEST}: not a {FORMAT} manifest")
+        missing = [k for k in ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "next_id", "count")
+                   if type(manifest.get(k)) is not int] + ([] if isinstance(manifest.get("kind"), str) else ["kind"])
+        if missing:
+            raise VreidError(f"{folder / MANIFEST}: broken manifest (missing or invalid: {', '.join(missing)})")
         if engine is None:
             engine = "numpy" if manifest.get("engine") == "numpy" else "auto"
         index = cls(manifest["dim"], manifest["kind"], engine, manifest["nlist"], manifest["nprobe"],
