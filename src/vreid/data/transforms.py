@@ -290,6 +290,59 @@ class AugMix:
 
 
 # --------------------------------------------------------------------------------------------------
+# Random erasing
+
+
+ERASING_TRIES = 100  # the official RandomErasing tries this often to place a rectangle
+
+
+class RandomErasing:
+    """Erase one rectangle of a normalised (C, H, W) tensor with probability ``p`` (Zhong et al., AAAI 2020).
+
+    The official geometry: up to 100 tries to place a rectangle of area U(``min_area``, ``max_area``) x H x W
+    and aspect h/w uniform in [``min_aspect``, 1/``min_aspect``] (torchvision draws the aspect log-uniformly
+    and gives up after 10 tries, which erases squarer and, for large areas, fewer rectangles). The fill is
+    per-pixel N(0, 1) noise (``"random"``) or 0, the mean colour (``"zero"``), never the ImageNet-mean
+    constants the official code wrote into the normalised tensor.
+    """
+
+    def __init__(self, p: float = 0.5, min_area: float = ERASING_MIN_AREA, max_area: float = 0.4,
+                 min_aspect: float = ERASING_MIN_ASPECT, value: str = "random"):
+        if value not in ERASING_VALUES:
+            raise ValueError(f"erasing value must be one of {', '.join(ERASING_VALUES)}, got {value!r}")
+        if not 0.0 < min_aspect <= 1.0:
+            raise ValueError(f"erasing min_aspect must be in (0, 1], got {min_aspect}")
+        self.p, self.min_area, self.max_area, self.min_aspect, self.value = p, min_area, max_area, min_aspect, value
+
+    def sample_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(top, left, h, w) of a rectangle strictly inside the image, or None after 100 tries."""
+        for _ in range(ERASING_TRIES):
+            area = _uniform(self.min_area, self.max_area) * height * width
+            aspect = _uniform(self.min_aspect, 1.0 / self.min_aspect)
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            if 0 < h < height and 0 < w < width:
+                return _randint(0, height - h), _randint(0, width - w), h, w
+        return None
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if not _coin(self.p):
+            return image
+        box = self.sample_box(image.shape[-2], image.shape[-1])
+        if box is None:
+            return image
+        top, left, h, w = box
+        out = image.clone()
+        region = out[..., top : top + h, left : left + w]
+        region.copy_(torch.randn(region.shape, dtype=out.dtype) if self.value == "random" else torch.zeros_like(region))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RandomErasing(p={self.p}, area=({self.min_area}, {self.max_area}), "
+                f"aspect=({self.min_aspect}, {1 / self.min_aspect:.3g}), value={self.value!r})")
+
+
+# --------------------------------------------------------------------------------------------------
 # Builders
 
 
@@ -355,9 +408,7 @@ def build_train_transform(cfg: CfgNode) -> Callable[[Image.Image], torch.Tensor]
         if not ERASING_MIN_AREA <= max_area <= 1.0:
             raise ValueError(f"INPUT.ERASING.MAX_AREA must be in [{ERASING_MIN_AREA}, 1], got {max_area}")
         # "random": per-pixel N(0, 1) noise; "zero": 0 on the normalised tensor, i.e. the mean colour.
-        steps.append(v2.RandomErasing(p=erasing, scale=(ERASING_MIN_AREA, max_area),
-                                      ratio=(ERASING_MIN_ASPECT, 1.0 / ERASING_MIN_ASPECT),
-                                      value="random" if value == "random" else 0.0))
+        steps.append(RandomErasing(p=erasing, max_area=max_area, value=value))
     transform = v2.Compose(steps)
     log.debug("training transform: %s", transform)
     return transform
