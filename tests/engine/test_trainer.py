@@ -137,7 +137,8 @@ def test_ddp_with_two_cpu_processes(city, tmp_path):
 
 def test_validation_uses_the_test_flip_setting(tmp_path):
     """trainer.validate embeds as `vreid test` does: with TEST.FLIP, the mean of image and mirror features."""
-    from conftest import write_jpeg
+    from PIL import Image
+
     from vreid.config import load_config
     from vreid.data.loader import TrainingData
     from vreid.data.records import ImageRecord
@@ -150,8 +151,6 @@ def test_validation_uses_the_test_flip_setting(tmp_path):
     records = []
     for i in range(12):
         path = tmp_path / f"{i}.png"
-        from PIL import Image
-
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
         records.append(ImageRecord(path, vehicle_id=str(i % 4), camera_id=f"c{i // 4}"))
     query, gallery = records[:4], records[4:]
