@@ -186,7 +186,7 @@ _C.LOSSES.MALW.RECORD = "raw"  # record raw (official code) or weighted (paper t
 _C.LOSSES.MALW.UPDATE = "convex"  # convex: a*w + (1-a)*r (ours); paper: a*w + r (as printed)
 
 
-_C.UNIT = CN()  # synthetic-to-real image translation (vreid prep translate); method.md 4.7.1
+_C.UNIT = CN()  # synthetic-to-real image translation (vreid prep translate); docs/method.md
 _C.UNIT.IMAGE_SIZE = 256  # square training/translation size (official crop 256)
 _C.UNIT.WIDTH = 64  # generator channels after the stem
 _C.UNIT.N_DOWNSAMPLE = 2  # stride-2 convolutions in each encoder

@@ -10,7 +10,7 @@ from torch import nn
 
 from vreid.engine.optim import lr_factor, param_groups, set_lr
 
-# method.md 3.3: the official cosine_step schedule, 12 epochs, factor of the base lr per epoch
+# docs/method.md, Training: the official cosine_step schedule, 12 epochs, factor of the base lr per epoch
 OFFICIAL = [1.000, .976, .905, .794, .655, .500, .346, .206, .096, .024, .0073, .0022]
 
 

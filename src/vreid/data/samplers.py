@@ -12,7 +12,7 @@ All three are batch samplers (``DataLoader(batch_sampler=...)``) that yield list
   Seeds are 32-bit (``numpy.random.seed`` accepts them) and distinct within an epoch by construction.
 - ``set_start`` resumes mid-epoch by skipping the batches already trained on.
 
-The P x K draw is the official one (method.md 3.5: each id's images shuffled, ids with fewer than K
+The P x K draw is the official one (docs/method.md, Samplers: each id's images shuffled, ids with fewer than K
 images sampled with replacement up to K, cut into chunks of K, remainder dropped; P distinct ids per batch
 drawn uniformly among those with chunks left; stop when fewer than P ids have chunks left) with one change
 so that ``len()`` is exact and the same every epoch: an id whose remaining chunks are as many as the

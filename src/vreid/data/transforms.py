@@ -1,11 +1,11 @@
 """Image transforms: the training augmentation of the paper's official code, minus its defects, and the test transform.
 
-The training order follows the official pipeline (method.md 3.6): resize (aspect not kept) -> horizontal
+The training order follows the official pipeline (docs/method.md, Augmentation): resize (aspect not kept) -> horizontal
 flip -> zero pad + random crop -> random patch -> colour jitter -> AugMix -> Gaussian blur -> tensor +
 normalise -> random erasing. The official defects are not reproduced: AugMix returns a PIL image (not a
 numpy array that only works because the blur happens to be OpenCV), its geometric ops use the image's own
 size (not a hard-coded square), and random erasing fills with noise or zero *after* normalisation instead
-of ImageNet-mean constants written into an already normalised tensor (method.md 7.3 item 24).
+of ImageNet-mean constants written into an already normalised tensor (docs/method.md, Augmentation).
 
 Every random draw comes from torch's global generator (torchvision's v2 transforms and the two written
 here alike), so a caller who seeds the global RNGs per sample gets exactly reproducible augmentation,

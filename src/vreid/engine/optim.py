@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (method.md 3.2-3.3).
+"""Optimizer and learning-rate schedule (docs/method.md, Training).
 
 The schedule is a pure function of the (fractional) epoch so that it can be tested against the
 official table and so that a resumed run needs no scheduler state: the trainer sets the learning

@@ -1,4 +1,4 @@
-"""The training loop (method.md section 3), done so that nothing is lost and a resumed run is exact.
+"""The training loop (docs/method.md, Training), done so that nothing is lost and a resumed run is exact.
 
 Per iteration: learning rate from the schedule -> forward under autocast -> losses (MALW) -> a
 non-finite loss stops the run (the last good checkpoint stays) -> backward, clipping, step ->

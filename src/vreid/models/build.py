@@ -68,7 +68,7 @@ class ReIDNet(nn.Module):
         """Train only what follows the backbone: no backbone gradients, BN statistics and MixStyle frozen.
 
         The official code freezes the weights but keeps the backbone's BatchNorm statistics updating
-        and MixStyle running (method.md 3.4); here the backbone is fully in eval mode while frozen.
+        and MixStyle running (docs/method.md, Training); here the backbone is fully in eval mode while frozen.
         """
         self.backbone_frozen = frozen
         self.train(self.training)

@@ -1,4 +1,4 @@
-"""Identity classifiers on the BNNeck feature: linear, ArcFace, CosFace, circle-softmax (method.md 1.8).
+"""Identity classifiers on the BNNeck feature: linear, ArcFace, CosFace, circle-softmax (docs/method.md, Classifiers).
 
 The margin-based ones need the labels in training; without labels (evaluation) they return the
 scaled cosine logits. One-hot targets are built on the logits' device: nothing hard-codes CUDA,
