@@ -137,8 +137,7 @@ def test_ddp_with_two_cpu_processes(city, tmp_path):
 
 def test_validation_uses_the_test_flip_setting(tmp_path):
     """trainer.validate embeds as `vreid test` does: with TEST.FLIP, the mean of image and mirror features."""
-    from PIL import Image
-
+    from conftest import write_noise_png
     from vreid.config import load_config
     from vreid.data.loader import TrainingData
     from vreid.data.records import ImageRecord
@@ -150,8 +149,7 @@ def test_validation_uses_the_test_flip_setting(tmp_path):
     rng = np.random.default_rng(0)
     records = []
     for i in range(12):
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+        path = write_noise_png(tmp_path / f"{i}.png", rng)
         records.append(ImageRecord(path, vehicle_id=str(i % 4), camera_id=f"c{i // 4}"))
     query, gallery = records[:4], records[4:]
     data = TrainingData([], [], [], 0, query, gallery)

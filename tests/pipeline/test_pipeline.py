@@ -86,6 +86,49 @@ def test_training_stages_launch_torchrun_with_n_processes():
                     "train", "--resume", "--config-file", "m.yml", "A", "1"]
 
 
+def test_runner_skips_finished_reruns_changed_and_names_the_failing_stage(tmp_path, city, caplog):
+    """The stage machinery alone (stand-in stages, no training): skip, rerun, refuse, name the failure."""
+    from vreid.pipeline.run import Stage
+
+    caplog.set_level(logging.INFO)
+    pipeline = Pipeline(load_pipeline(pipeline_file(tmp_path, city)))
+    calls: list[str] = []
+    settings = {"a": "1", "b": "1"}
+
+    def action(name, fail=False):
+        def run(folder: Path):
+            calls.append(name)
+            assert folder == tmp_path / "run" / name and folder.is_dir()
+            if fail:
+                raise ValueError("the input is bad")
+            return {"name": name}
+        return run
+
+    def stages(fail_b=False):
+        return [Stage("a", action("a"), lambda: settings["a"], precious=True),
+                Stage("b", action("b", fail_b), lambda: settings["b"])]
+
+    pipeline.stages = stages(fail_b=True)
+    with pytest.raises(StageFailed, match="^stage b: the input is bad$"):
+        pipeline.run()
+    assert calls == ["a", "b"] and (tmp_path / "run" / "a" / DONE).is_file()
+    assert not (tmp_path / "run" / "b" / DONE).exists()
+    pipeline.stages = stages()
+    assert pipeline.run() == {"name": "b"} and calls == ["a", "b", "b"]  # a skipped, b finished now
+    assert json.loads((tmp_path / "run" / "b" / DONE).read_text())["fingerprint"] == "1"
+    assert pipeline.run() == {"name": "b"} and calls == ["a", "b", "b"]  # nothing to do
+    assert [state for _, state in pipeline.status()] == ["done", "done"]
+    settings["b"] = "2"  # a cheap stage whose settings changed runs again
+    assert [state for _, state in pipeline.status()] == ["done", "changed"]
+    pipeline.run()
+    assert calls == ["a", "b", "b", "b"] and "running it again" in caplog.text
+    settings["a"] = "2"  # a precious one refuses and names its folder
+    with pytest.raises(StageFailed, match=f"stage a: finished earlier with other settings.*delete {tmp_path}"):
+        pipeline.run()
+    assert calls == ["a", "b", "b", "b"]
+
+
+@pytest.mark.slow
 def test_whole_pipeline_on_a_tiny_city_then_skip_resume_and_refuse_stale(tmp_path, city, caplog):
     caplog.set_level(logging.INFO)
     spec = load_pipeline(pipeline_file(tmp_path, city))

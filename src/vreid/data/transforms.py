@@ -63,6 +63,20 @@ def _coin(p: float) -> bool:
     return torch.rand(()).item() < p
 
 
+def _random_rect(width: int, height: int, min_area: float, max_area: float,
+                 draw_aspect: Callable[[], float], tries: int = 100) -> tuple[int, int, int, int] | None:
+    """(left, top, w, h) of a rectangle of area U(min_area, max_area) x the image and aspect h/w from
+    ``draw_aspect`` that fits strictly inside the image, or None after ``tries`` draws."""
+    for _ in range(tries):
+        area = _uniform(min_area, max_area) * width * height
+        aspect = draw_aspect()
+        h = int(round(math.sqrt(area * aspect)))
+        w = int(round(math.sqrt(area / aspect)))
+        if 0 < w < width and 0 < h < height:
+            return _randint(0, width - w), _randint(0, height - h), w, h
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # RandomPatch
 
@@ -112,14 +126,8 @@ class RandomPatch:
     def _sample_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
         """(left, top, w, h) of a patch that fits strictly inside the image, or None after 100 tries."""
         log_aspect = math.log(self.min_aspect)
-        for _ in range(100):
-            area = _uniform(self.min_area, self.max_area) * width * height
-            aspect = math.exp(_uniform(log_aspect, -log_aspect))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
-            if 0 < w < width and 0 < h < height:
-                return _randint(0, width - w), _randint(0, height - h), w, h
-        return None
+        return _random_rect(width, height, self.min_area, self.max_area,
+                            lambda: math.exp(_uniform(log_aspect, -log_aspect)))
 
     def _transform_patch(self, patch: Image.Image) -> Image.Image:
         if _coin(self.flip_prob):
@@ -316,14 +324,12 @@ class RandomErasing:
 
     def sample_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(top, left, h, w) of a rectangle strictly inside the image, or None after 100 tries."""
-        for _ in range(ERASING_TRIES):
-            area = _uniform(self.min_area, self.max_area) * height * width
-            aspect = _uniform(self.min_aspect, 1.0 / self.min_aspect)
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
-            if 0 < h < height and 0 < w < width:
-                return _randint(0, height - h), _randint(0, width - w), h, w
-        return None
+        rect = _random_rect(width, height, self.min_area, self.max_area,
+                            lambda: _uniform(self.min_aspect, 1.0 / self.min_aspect), ERASING_TRIES)
+        if rect is None:
+            return None
+        left, top, w, h = rect
+        return top, left, h, w
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if not _coin(self.p):
