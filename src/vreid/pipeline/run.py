@@ -296,6 +296,7 @@ class Pipeline:
 
     def _masks(self, folder: Path) -> dict[str, Any]:
         from vreid.data.loader import prepare_training_data
+        from vreid.data.records import SYNTHETIC
         from vreid.prep.masks import FolderMaskSource, MaskRCNNSource, compute_masks
 
         m = self.spec.masks
@@ -304,7 +305,7 @@ class Pipeline:
         root = Path(cfg.DATASETS.ROOT_DIR).resolve()
         # the real images under the dataset root: synthetic (translated) copies keep their own backgrounds
         paths = [r.path for r in prepare_training_data(cfg).records
-                 if r.domain != "synthetic" and Path(r.path).resolve().is_relative_to(root)]
+                 if r.domain != SYNTHETIC and Path(r.path).resolve().is_relative_to(root)]
         source = MaskRCNNSource(m.weights) if m.weights else FolderMaskSource(m.mask_folder)
         masks = compute_masks(paths, folder, source, batch_size=m.batch_size, device=m.device, root=root,
                               progress=False)
