@@ -219,3 +219,35 @@ def test_shipped_pipeline_files_resolve(name):
         assert all(pipeline.train_cfgs[m.name].INPUT.BACKGROUND_SWAP.PROB == 0.6 for m in pipeline.spec.members)
         split = 80 if name == "aic21/pipeline.yml" else 0
         assert first.DATASETS.LOCAL_SPLIT.NUM_IDS == split
+
+
+def test_masks_stage_feeds_the_members_background_swap(tmp_path, city):
+    """masks: the real training images' masks in run/masks; the members swap with them, aux models do not."""
+    from PIL import Image
+
+    from vreid.data.loader import build_background_swap, prepare_training_data
+
+    real = sorted((city / "AIC21_Track2_ReID" / "image_train").glob("*.jpg"))[:6]
+    folder = tmp_path / "user_masks"
+    for path in real:  # a vehicle in the middle of each of six images
+        with Image.open(path) as img:
+            w, h = img.size
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
+        target = folder / path.relative_to(city).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(target)
+    file = pipeline_file(tmp_path, city)
+    write(file, file.read_text() + f"masks: {{mask_folder: {folder}, prob: 0.5}}\n")
+    pipeline = Pipeline(load_pipeline(file))
+    assert [s.name for s in pipeline.stages][0] == "masks"
+    pipeline.stages = pipeline.stages[:1]
+    summary = pipeline.run()
+    index = json.loads((tmp_path / "run" / "masks" / "masks.json").read_text())
+    assert summary["with_mask"] == 6 and summary["images"] == len(list(city.glob("AIC21_Track2_ReID/image_train/*")))
+    assert sum(v is not None for v in index.values()) == 6
+    member = pipeline.train_cfgs["mix"]
+    assert member.INPUT.BACKGROUND_SWAP.PROB == 0.5
+    swap = build_background_swap(member, prepare_training_data(member))
+    assert swap is not None and swap.num_backgrounds == 6
+    assert pipeline.train_cfgs["camera"].INPUT.BACKGROUND_SWAP.PROB == 0.0
