@@ -7,7 +7,7 @@ Each configuration runs in a fresh child process, so its peak resident set size 
 and OpenBLAS allocate, features included) is its own; a sampling thread also records the peak RSS during the call
 above the RSS just before it. Features are clustered unit vectors: ``--per-id`` images per identity, each its
 identity's random centre plus isotropic noise of the same norm (same-id cosine ~0.5); queries are a random subset.
-k1/k2/lambda: 20/6/0.3 (the paper's) at the smaller sizes, 50/15/0.5 (VOC-ReID's, method.md §5.3) at all; with the
+k1/k2/lambda: 20/6/0.3 (the paper's) at the smaller sizes, 50/15/0.5 (VOC-ReID's, docs/method.md) at all; with the
 default flags also the fused distance D = Dv - 0.1·Do - 0.1·Dc with two further 2048-d feature sets at the largest.
 ``--check`` compares the smallest size with the plain dense implementation of tests/retrieval/test_rerank.py.
 Target (issue): 1,103 x 31,238, k1=50, k2=15, lambda=0.5 in <= 60 s and <= 4 GiB on the 2-core machine.

@@ -86,7 +86,7 @@ def main() -> None:
                 "MODEL.BACKBONE", args.backbone, "INPUT.SIZE_TRAIN", f"({args.size}, {args.size})",
                 "SOLVER.IMS_PER_BATCH", str(args.batch), "DATALOADER.NUM_INSTANCE", "4", "SOLVER.AMP", "bf16",
                 "DATALOADER.NUM_WORKERS", "2", "SOLVER.LOG_PERIOD", "1", "SOLVER.CHECKPOINT_ITERS", "0",
-                "OUTPUT_DIR", str(Path(tmp) / "run"), "SOLVER.MAX_EPOCHS", "1"]
+                "OUTPUT_DIR", str(Path(tmp) / "run"), "SOLVER.MAX_EPOCHS", "1", "MODEL.PRETRAIN", "False"]
         cfg = load_config(None, opts)
         ours = vreid_loop(cfg)
         bare = bare_loop(cfg, args.iters)

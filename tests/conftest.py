@@ -19,6 +19,15 @@ def write_jpeg(path: Path, color: tuple[int, int, int] = (120, 60, 30), size: tu
     return path
 
 
+def write_noise_png(path: Path, rng, size: tuple[int, int] = (16, 16)) -> Path:
+    """A PNG of uniform RGB noise, ``size`` = (height, width): images whose features differ under a flip."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 def write_label_xml(path: Path, items: Iterable[Mapping[str, str]], encoding: str = "gb2312") -> Path:
     """A VeRi/AIC-style label file: declared encoding, <TrainingImages><Items><Item .../>."""
     items = list(items)

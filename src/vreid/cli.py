@@ -383,6 +383,28 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from vreid.pipeline import Pipeline, StageCrashed, load_pipeline
+
+    pipeline = Pipeline(load_pipeline(args.pipeline))
+    if args.dry_run:
+        for stage, state in pipeline.status():
+            print(f"{state:<8} {stage}")
+        return 0
+    try:
+        summary = pipeline.run()
+    except StageCrashed as exc:  # not bad input: a crash or a kill inside a stage; rerunning resumes
+        log.error("%s", exc)
+        return 1
+    if "track2" in summary:
+        print(f"submission: {summary['track2']} ({summary['queries']} queries x {summary['top_k']})")
+    if summary.get("rows"):
+        from vreid.pipeline import metrics_table
+
+        print(metrics_table(summary["rows"]), end="")
+    return 0
+
+
 def cmd_config_docs(args: argparse.Namespace) -> int:
     from vreid.config import options_markdown
 
@@ -578,6 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a --host beyond loopback without a token (anyone reaching it may change it)")
     _add_config_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    pipeline = sub.add_parser("pipeline", help="the whole AIC21 flow from one pipeline file").add_subparsers(
+        dest="pipeline_command", required=True)
+    prun = pipeline.add_parser("run", help="run every unfinished stage (finished ones are skipped, interrupted "
+                               "ones resumed); see docs/pipeline.md")
+    prun.add_argument("pipeline", metavar="PIPELINE.yml", help="pipeline file (e.g. configs/demo/pipeline.yml)")
+    prun.add_argument("--dry-run", action="store_true", help="list the stages and their state; run nothing")
+    prun.set_defaults(func=cmd_pipeline_run)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)
     msummary = model.add_parser("summary", help="parameters per block, embedding size and FLOPs")

@@ -35,6 +35,8 @@ _C.DATASETS.TEST = "aic21"  # dataset whose query/gallery are evaluated
 # Which test list: vehicle2cam val|test, vehicleid 800|1600|2400|..., veriwild 3000|5000|10000; "" = standard
 _C.DATASETS.TEST_SPLIT = ""
 _C.DATASETS.SPLIT_SEED = 0  # seed of random protocols: VehicleID gallery draw (= trial), local split
+# aic21_synthetic image folder ("" = sys_image_train), e.g. a UNIT-translated copy; relative to the synthetic set
+_C.DATASETS.SYNTHETIC_IMAGES = ""
 _C.DATASETS.FOLDER_PATTERN = r"^(?P<vehicle_id>[^_/]+)_c?(?P<camera_id>[^_/.]+)"  # `folder` format file names
 _C.DATASETS.LOCAL_SPLIT = CN()
 _C.DATASETS.LOCAL_SPLIT.NUM_IDS = 0  # >0: hold out this many training ids as a labelled query/gallery
@@ -48,6 +50,8 @@ _C.DATALOADER = CN()
 _C.DATALOADER.SKIP_UNREADABLE = False  # skip (count and report) images that fail to decode, instead of stopping
 
 _C.DATALOADER.SAMPLER = "pk"  # pk (P ids x K images), pk_domain (real and synthetic ids in fixed halves), random
+# pk_domain epoch: official (as many batches as pk over both domains; a domain that runs out starts again) | shortest
+_C.DATALOADER.DOMAIN_EPOCH = "official"
 _C.DATALOADER.NUM_INSTANCE = 8  # K: images per identity in a P x K batch (paper: 8)
 _C.DATALOADER.NUM_WORKERS = 2  # loader processes per training process
 
@@ -83,7 +87,8 @@ _C.INPUT.ERASING.VALUE = "random"  # fill: random (per-pixel noise), zero (the m
 _C.MODEL = CN()
 _C.MODEL.BACKBONE = "resnet50_ibn_a"  # resnet50_ibn_a | resnet101_ibn_a | resnext101_ibn_a | any torchvision name
 _C.MODEL.LAST_STRIDE = 1  # stride of the last stage: 1 doubles the feature map (paper), 2 is ImageNet's
-_C.MODEL.PRETRAIN_PATH = ""  # local ImageNet weights file for the backbone ("" = random init); never downloaded
+_C.MODEL.PRETRAIN = True  # start the backbone from MODEL.PRETRAIN_PATH (training refuses to start without it)
+_C.MODEL.PRETRAIN_PATH = ""  # local ImageNet weights file of the backbone; never downloaded
 _C.MODEL.POOLING = "gem"  # gem | avg | max
 _C.MODEL.GEM = CN()
 _C.MODEL.GEM.P = 3.0  # GeM exponent (paper: 3, fixed)
@@ -120,8 +125,9 @@ _C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allo
 _C.SOLVER.WARMUP_FACTOR = 0.01  # warm-up starts at BASE_LR x this
 _C.SOLVER.ETA_MIN_LR = 0.0  # cosine floor
 _C.SOLVER.STEPS = (40, 70)  # step: epochs at which the lr is multiplied by GAMMA
-_C.SOLVER.GAMMA = 0.1  # step / cosine_step decay factor (the official cosine_step uses 0.3)
-_C.SOLVER.STEP_TAIL_EPOCHS = 2  # cosine_step: the last epochs that decay by GAMMA each
+_C.SOLVER.GAMMA = 0.1  # step: decay factor at each of STEPS
+_C.SOLVER.STEP_TAIL_EPOCHS = 2  # cosine_step: the last epochs that decay by STEP_TAIL_GAMMA each
+_C.SOLVER.STEP_TAIL_GAMMA = 0.3  # cosine_step: decay factor of each tail epoch (the official CosineStepLR: 0.3)
 _C.SOLVER.FREEZE_BACKBONE_EPOCHS = 0  # train only the head for this many first epochs (paper: 1), BN stats frozen
 _C.SOLVER.CLIP_GRAD_NORM = 0.0  # clip the global gradient norm to this (0 = off)
 _C.SOLVER.EMA_DECAY = 0.0  # exponential moving average of the weights (0 = off; e.g. 0.999)
@@ -185,7 +191,7 @@ _C.LOSSES.MALW.RECORD = "raw"  # record raw (official code) or weighted (paper t
 _C.LOSSES.MALW.UPDATE = "convex"  # convex: a*w + (1-a)*r (ours); paper: a*w + r (as printed)
 
 
-_C.UNIT = CN()  # synthetic-to-real image translation (vreid prep translate); method.md 4.7.1
+_C.UNIT = CN()  # synthetic-to-real image translation (vreid prep translate); docs/method.md
 _C.UNIT.IMAGE_SIZE = 256  # square training/translation size (official crop 256)
 _C.UNIT.WIDTH = 64  # generator channels after the stem
 _C.UNIT.N_DOWNSAMPLE = 2  # stride-2 convolutions in each encoder
@@ -368,6 +374,7 @@ def validate(cfg: CN) -> None:
     from vreid.data.background_swap import FILLS
     from vreid.data.formats import DATASET_NAMES
     from vreid.data.records import LABEL_KINDS
+    from vreid.data.samplers import DOMAIN_EPOCHS
     from vreid.data.transforms import RESIZE_MODES
     from vreid.engine.extract import AMP_DTYPES
     from vreid.engine.inference import BACKENDS
@@ -400,6 +407,7 @@ def validate(cfg: CN) -> None:
         "TEST.METRIC": ("euclidean", "cosine"),
         "TEST.BACKEND": BACKENDS,
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
+        "DATALOADER.DOMAIN_EPOCH": DOMAIN_EPOCHS,
         "INPUT.ERASING.VALUE": ("random", "zero"),
         "INPUT.RESIZE_MODE": RESIZE_MODES,
         "INPUT.BACKGROUND_SWAP.FILL": FILLS,

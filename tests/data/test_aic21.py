@@ -163,3 +163,22 @@ def test_synthetic_bad_orientation_names_line(tmp_path):
                                                "cameraID": "c001", "orientation": "north"}])
     with pytest.raises(DatasetError, match=r"train_label\.xml:4: orientation must be a number"):
         aic21.read_synthetic(base)
+
+
+def test_synthetic_images_from_a_translated_copy(tmp_path):
+    """DATASETS.SYNTHETIC_IMAGES: same names and labels, pixels read from the other folder."""
+    base = make_synthetic(tmp_path)
+    for name in ("00001_c001_0.jpg", "00001_c002_1.jpg", "00002_c001_0.jpg"):
+        write_jpeg(base / "output_UNIT" / name, color=(10, 200, 10))
+    ds = load_dataset("aic21_synthetic", tmp_path, synthetic_images="output_UNIT")
+    assert [(r.path, r.vehicle_id, r.orientation) for r in ds.train] == [
+        (base / "output_UNIT" / "00001_c001_0.jpg", "00001", 12.5),
+        (base / "output_UNIT" / "00001_c002_1.jpg", "00001", 190.0),
+        (base / "output_UNIT" / "00002_c001_0.jpg", "00002", 355.1)]
+    absolute = load_dataset("aic21_synthetic", tmp_path, synthetic_images=str(base / "output_UNIT"))
+    assert [r.path for r in absolute.train] == [r.path for r in ds.train]
+    (base / "output_UNIT" / "00002_c001_0.jpg").unlink()  # a labelled image missing from the copy
+    with pytest.raises(DatasetError, match="00002_c001_0.jpg"):
+        load_dataset("aic21_synthetic", tmp_path, synthetic_images="output_UNIT")
+    with pytest.raises(DatasetError, match="output_UNIT"):
+        load_dataset("aic21_synthetic", tmp_path, synthetic_images=str(tmp_path / "nowhere" / "output_UNIT"))

@@ -175,7 +175,7 @@ def test_domain_balanced_halves_and_rank_shares():
     labels = uneven_labels(num_ids=30, seed=4)
     domains = [int(label >= 18) for label in labels]  # 18 real, 12 synthetic identities
     p, k = 4, 4
-    single = DomainBalancedIdentitySampler(labels, domains, p * k, k, seed=5)
+    single = DomainBalancedIdentitySampler(labels, domains, p * k, k, seed=5, epoch="shortest")
     batches = list(single)
     assert len(batches) == len(single) > 0
     for b in batches:
@@ -189,7 +189,8 @@ def test_domain_balanced_halves_and_rank_shares():
     assert (sum(chunks[i] > used[i] for i in chunks) < p // 2
             or sum(real_chunks[i] > real_used[i] for i in real_chunks) < p // 2)
     # Two ranks: each local batch is itself half real, half synthetic; together they are the global batch.
-    ranks = [DomainBalancedIdentitySampler(labels, domains, p * k, k, seed=5, rank=r, world_size=2) for r in range(2)]
+    ranks = [DomainBalancedIdentitySampler(labels, domains, p * k, k, seed=5, rank=r, world_size=2, epoch="shortest")
+             for r in range(2)]
     for step, (b0, b1) in enumerate(zip(*ranks, strict=True)):
         for local in (b0, b1):
             assert [int(i >= 18) for i in check_pk_batch(local, labels, 2, k)] == [0, 1]
@@ -265,3 +266,36 @@ def test_dataloader_passes_index_seed_pairs():
     assert len(loader) == len(sampler)
     got = [b.tolist() for b in loader]
     assert got == [[list(e) for e in b] for b in sampler]
+
+
+def test_domain_balanced_official_epoch_is_the_pk_epoch_over_both_domains(caplog):
+    """Default epoch: as many batches as the official P x K sampler over all ids; short domains restart."""
+    labels = uneven_labels(num_ids=30, seed=4)
+    domains = [int(label >= 10) for label in labels]  # 10 real, 20 synthetic identities: real runs out first
+    p, k = 4, 4
+    with caplog.at_level("INFO"):
+        sampler = DomainBalancedIdentitySampler(labels, domains, p * k, k, seed=2)
+    chunks = Counter({i: max(n, k) // k for i, n in Counter(labels).items()})
+    # brute force: the most batches of p distinct ids, one chunk each, that all chunks allow
+    expected = max(b for b in range(sum(chunks.values()) // p + 1)
+                   if sum(min(c, b) for c in chunks.values()) >= p * b)
+    assert len(sampler) == expected
+    shortest = DomainBalancedIdentitySampler(labels, domains, p * k, k, seed=2, epoch="shortest")
+    assert len(shortest) < expected  # the real half alone would end the epoch early
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == expected
+        used = Counter()
+        for b in batches:
+            ids = check_pk_batch(b, labels, p, k)
+            assert [int(i >= 10) for i in ids] == [0, 0, 1, 1]
+            used.update(ids)
+        real_used = sum(used[i] for i in range(10))
+        real_chunks = sum(chunks[i] for i in range(10))
+        assert real_used == expected * p // 2 > real_chunks  # the real ids were gone through more than once
+        assert all(used[i] <= chunks[i] for i in range(10, 30))  # the synthetic side needed one pass only
+    assert sampler.domain_samples() == (expected * p // 2 * k,) * 2
+    assert f"official epoch: {expected} batches (steps) per epoch" in caplog.text
+    with pytest.raises(ValueError, match="epoch must be one of"):
+        DomainBalancedIdentitySampler(labels, domains, p * k, k, epoch="long")

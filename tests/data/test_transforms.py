@@ -14,6 +14,7 @@ from vreid.config import get_defaults
 from vreid.data.transforms import (
     AUGMIX_OPS,
     AugMix,
+    RandomErasing,
     RandomPatch,
     RandomResolution,
     build_test_transform,
@@ -30,7 +31,7 @@ PROB_KEYS = {
     "COLOR_JITTER.PROB": v2.ColorJitter,
     "AUGMIX_PROB": AugMix,
     "BLUR_PROB": v2.GaussianBlur,
-    "ERASING.PROB": v2.RandomErasing,
+    "ERASING.PROB": RandomErasing,
 }
 
 
@@ -100,7 +101,7 @@ def test_test_transform_resizes_to_size_test_without_randomness():
 def test_default_pipeline_has_every_step_in_the_official_order():
     types = step_types(build_train_transform(make_cfg()))
     assert types == [v2.Resize, v2.RandomHorizontalFlip, v2.RandomCrop, RandomPatch, v2.ColorJitter, AugMix,
-                     v2.GaussianBlur, v2.ToImage, v2.ToDtype, v2.Normalize, v2.RandomErasing]
+                     v2.GaussianBlur, v2.ToImage, v2.ToDtype, v2.Normalize, RandomErasing]
 
 
 @pytest.mark.parametrize("key", [*PROB_KEYS, "PADDING"])
@@ -329,3 +330,19 @@ def test_random_resolution_is_in_the_pipeline_only_when_asked_and_checked():
         build_train_transform(make_cfg(RANDOM_RESOLUTION__PROB=0.5, RANDOM_RESOLUTION__MIN_SCALE=0.0))
     with pytest.raises(ValueError, match="INPUT.RESIZE_MODE"):
         build_test_transform(make_cfg(RESIZE_MODE="crop"))
+
+
+def test_erasing_geometry_is_the_official_one():
+    """Aspect h/w uniform in [0.3, 1/0.3] (mean 1.82; log-uniform would give 1.26), areas in [0.02, 0.4] x HW."""
+    erasing = RandomErasing(p=1.0, max_area=0.4)
+    torch.manual_seed(0)
+    boxes = [erasing.sample_box(1000, 1000) for _ in range(2000)]
+    assert all(b is not None for b in boxes)
+    aspects = np.array([h / w for _, _, h, w in boxes])
+    areas = np.array([h * w for _, _, h, w in boxes]) / 1e6
+    assert abs(aspects.mean() - (0.3 + 1 / 0.3) / 2) < 0.08
+    assert abs(np.median(aspects) - (0.3 + 1 / 0.3) / 2) < 0.15  # log-uniform's median would be 1.0
+    assert 0.019 < areas.min() and areas.max() < 0.41 and abs(areas.mean() - 0.21) < 0.02
+    assert all(0 <= t and t + h <= 1000 and 0 <= left and left + w <= 1000 for t, left, h, w in boxes)
+    # A rectangle that can never fit: all 100 tries fail, the image is left alone
+    assert RandomErasing(p=1.0, min_area=0.99, max_area=1.0, min_aspect=1.0).sample_box(10, 10) is None

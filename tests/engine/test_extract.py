@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import write_jpeg
+from conftest import write_jpeg, write_noise_png
 from vreid.data.records import ImageRecord
 from vreid.engine.extract import FeatureSet, extract_features
 from vreid.errors import VreidError
@@ -29,8 +29,7 @@ def test_flip_average_and_normalisation(tmp_path):
     rng = np.random.default_rng(0)
     records = []
     for i in range(3):
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (4, 6, 3), dtype=np.uint8)).save(path)
+        path = write_noise_png(tmp_path / f"{i}.png", rng, (4, 6))
         records.append(ImageRecord(path, str(i), "c1", track_id="t1" if i else None))
     fs = extract_features(ColumnMeans(), records, to_tensor, batch_size=2, flip=True, progress=False)
     for i, r in enumerate(records):

@@ -10,15 +10,26 @@ from torch import nn
 
 from vreid.engine.optim import lr_factor, param_groups, set_lr
 
-# method.md 3.3: the official cosine_step schedule, 12 epochs, factor of the base lr per epoch
+# docs/method.md, Training: the official cosine_step schedule, 12 epochs, factor of the base lr per epoch
 OFFICIAL = [1.000, .976, .905, .794, .655, .500, .346, .206, .096, .024, .0073, .0022]
 
 
 def test_cosine_step_reproduces_the_official_table():
-    got = [lr_factor(e, 12, "cosine_step", gamma=0.3, step_tail_epochs=2) for e in range(12)]
+    got = [lr_factor(e, 12, "cosine_step", tail_gamma=0.3, step_tail_epochs=2) for e in range(12)]
     for epoch, (want, have) in enumerate(zip(OFFICIAL, got, strict=True)):
         assert abs(have - want) <= 0.0006 + 0.005 * want, (epoch + 1, have, want)
-    assert lr_factor(3.7, 12, "cosine_step", gamma=0.3) == lr_factor(3, 12, "cosine_step", gamma=0.3)  # per epoch
+    assert lr_factor(3.7, 12, "cosine_step") == lr_factor(3, 12, "cosine_step")  # per epoch
+
+
+def test_cosine_step_from_the_default_config_is_the_official_schedule():
+    """SOLVER.STEP_TAIL_GAMMA defaults to the official 0.3; SOLVER.GAMMA (step) does not touch it."""
+    from vreid.config import load_config
+    from vreid.engine.optim import lr_factor_from_config
+
+    cfg = load_config(None, ["SOLVER.SCHEDULER", "cosine_step", "SOLVER.GAMMA", "0.5"])
+    got = [lr_factor_from_config(cfg, e) for e in range(12)]
+    for want, have in zip(OFFICIAL, got, strict=True):
+        assert abs(have - want) <= 0.0006 + 0.005 * want
 
 
 def test_cosine_warmup_and_step():

@@ -21,7 +21,7 @@ TINY = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TRAIN", "(64, 64)", "INPUT.SIZ
         "DATALOADER.NUM_INSTANCE", "2", "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_EPOCHS", "2",
         "SOLVER.LOG_PERIOD", "2", "SOLVER.AMP", "off", "DATALOADER.NUM_WORKERS", "0",
         "LOSSES.NAMES", "('ce', 'supcon')", "LOSSES.MALW.INTERVAL", "3", "MODEL.MIXSTYLE.ENABLED", "True",
-        "SOLVER.EMA_DECAY", "0.9"]
+        "SOLVER.EMA_DECAY", "0.9", "MODEL.PRETRAIN", "False"]
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +185,47 @@ def test_metrics_are_cut_back_to_the_resumed_position(tmp_path):
     log.write({"epoch": 2, "iter": 2, "step": 7}, 7)  # the resumed run continues the file
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 7
     log.close()
+
+
+def test_validation_uses_the_test_flip_setting(tmp_path):
+    """trainer.validate embeds as `vreid test` does: with TEST.FLIP, the mean of image and mirror features."""
+    from conftest import write_noise_png
+    from vreid.config import load_config
+    from vreid.data.loader import TrainingData
+    from vreid.data.records import ImageRecord
+    from vreid.data.transforms import build_test_transform
+    from vreid.engine.extract import extract_features
+    from vreid.engine.trainer import validate
+    from vreid.retrieval import evaluate, pairwise_distance
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(12):
+        path = write_noise_png(tmp_path / f"{i}.png", rng)
+        records.append(ImageRecord(path, vehicle_id=str(i % 4), camera_id=f"c{i // 4}"))
+    query, gallery = records[:4], records[4:]
+    data = TrainingData([], [], [], 0, query, gallery)
+
+    class Asymmetric(torch.nn.Module):  # features that change under a horizontal flip
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, (1, 5))
+            torch.nn.init.normal_(self.conv.weight)
+
+        def forward(self, x):
+            return self.conv(x).flatten(1)
+
+    model = Asymmetric()
+    results = {}
+    for flip in (False, True):
+        cfg = load_config(None, ["INPUT.SIZE_TEST", "(16, 16)", "TEST.FLIP", str(flip), "SOLVER.CHANNELS_LAST",
+                                 "False"])
+        got = validate(cfg, model, data, torch.device("cpu"), None)
+        transform = build_test_transform(cfg)
+        q = extract_features(model, query, transform, flip=flip, progress=False)
+        g = extract_features(model, gallery, transform, flip=flip, progress=False)
+        expected = evaluate(pairwise_distance(q.features, g.features), q.vehicle_ids, g.vehicle_ids,
+                            q.camera_ids, g.camera_ids)
+        assert got["mAP"] == pytest.approx(float(expected["mAP"]))
+        results[flip] = got["mAP"]
+    assert results[False] != results[True]  # the setting reaches the embeddings

@@ -125,3 +125,38 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_its_bn_statistics():
     assert model.backbone.training and model.mixstyle.training
     model(torch.rand(4, 3, 64, 64))
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_training_refuses_to_start_from_random_weights_unless_told(tmp_path):
+    """An empty MODEL.PRETRAIN_PATH names the key and the expected file; MODEL.PRETRAIN False opts out."""
+    from vreid.errors import ConfigError
+    from vreid.models.build import pretrain_path
+
+    cfg = load_config(None, ["MODEL.BACKBONE", "resnext101_ibn_a"])
+    with pytest.raises(ConfigError) as exc:
+        pretrain_path(cfg)
+    assert "MODEL.PRETRAIN_PATH" in str(exc.value) and "resnext101_ibn_a-6ace051d.pth" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    cfg = load_config(None, ["MODEL.BACKBONE", "mobilenet_v2"])
+    with pytest.raises(ConfigError, match="mobilenet_v2-b0353104.pth"):
+        pretrain_path(cfg)
+    assert pretrain_path(load_config(None, ["MODEL.PRETRAIN", "False"])) is None
+    assert pretrain_path(load_config(None, ["MODEL.PRETRAIN_PATH", "/w/x.pth"])) == "/w/x.pth"
+    with pytest.raises(ConfigError, match="clear one"):
+        pretrain_path(load_config(None, ["MODEL.PRETRAIN", "False", "MODEL.PRETRAIN_PATH", "/w/x.pth"]))
+
+
+def test_train_command_refuses_without_weights_and_exits_2(tmp_path, caplog):
+    from vreid.cli import main
+
+    cfg = "configs/aic21/resnext101_ibn_a.yml"
+    assert main(["train", "--config-file", cfg, "OUTPUT_DIR", str(tmp_path / "run")]) == 2
+    assert "MODEL.PRETRAIN_PATH" in caplog.text and "resnext101_ibn_a-6ace051d.pth" in caplog.text
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+
+
+@pytest.mark.parametrize("config", ["configs/demo/city.yml"])
+def test_demo_configs_opt_out_of_imagenet_weights(config):
+    from vreid.models.build import pretrain_path
+
+    assert pretrain_path(load_config(config)) is None

@@ -51,3 +51,14 @@ def test_linear_classifier_is_a_bias_free_fc():
     x = torch.randn(2, 4)
     assert torch.allclose(clf(x), x @ clf.weight.T)
     assert clf.weight.std() < 0.01  # N(0, 0.001) init
+
+
+def test_circle_weights_start_kaiming_uniform_as_the_official_code():
+    """U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform, a = sqrt(5)), not xavier's wider U(-sqrt(6/(in+out)), ...)."""
+    torch.manual_seed(0)
+    in_dim, classes = 400, 1000
+    w = CircleSoftmax(in_dim, classes).weight.detach()
+    bound = 1 / math.sqrt(in_dim)  # 0.05; xavier's bound here would be sqrt(6/1400) = 0.065
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.99 * bound
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.002  # the std of U(-b, b)

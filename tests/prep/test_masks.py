@@ -105,7 +105,7 @@ def write_png(path: Path, red: int) -> Path:
 def test_compute_masks_keys_by_relative_path_and_caches(tmp_path):
     root = tmp_path / "data"
     real = write_png(root / "real" / "000001.png", 10)
-    synth = write_png(root / "synth" / "000001.png", 20)  # same basename, other dataset (method.md 7.3 item 23)
+    synth = write_png(root / "synth" / "000001.png", 20)  # same basename, other dataset (docs/method.md)
     empty = write_png(root / "real" / "000002.png", 30)
     fake = FakeDetector({10: detections((CAR, 0.9, CENTRE)), 20: detections((CAR, 0.9, CORNER)),
                          30: detections((PERSON, 0.9, CENTRE))})

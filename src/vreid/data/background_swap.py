@@ -1,8 +1,8 @@
-"""Background swap: this image's vehicle on another training image's background (method.md 4.7.2).
+"""Background swap: this image's vehicle on another training image's background (docs/method.md, Background swap).
 
 The paper's README describes pasting Mask R-CNN foregrounds onto other images' inpainted backgrounds; its
-code was never published, and the consuming side has defects this version avoids (method.md 7.3 items 21,
-23): masks are keyed by the path relative to a root, not the basename (:mod:`vreid.prep.masks`); the
+code was never published, and the consuming side has defects this version avoids (docs/method.md,
+Background swap): masks are keyed by the path relative to a root, not the basename (:mod:`vreid.prep.masks`); the
 candidate backgrounds are listed once, not globbed per sample; the *background* is resized to the image's
 size, so the vehicle, which carries the identity, is never resampled; an image is never its own background.
 Whether the swap runs for a model at all (it destroys part of the camera cue a camera-ReID model needs) is

@@ -54,7 +54,8 @@ def prepare_training_data(cfg) -> TrainingData:
             dataset = load_test_dataset(cfg, test_split="")  # the local split's test ids stay out of training
         else:
             dataset = load_dataset(name, cfg.DATASETS.ROOT_DIR, seed=cfg.DATASETS.SPLIT_SEED,
-                                   folder_pattern=cfg.DATASETS.FOLDER_PATTERN)
+                                   folder_pattern=cfg.DATASETS.FOLDER_PATTERN,
+                                   synthetic_images=cfg.DATASETS.SYNTHETIC_IMAGES)
         if not dataset.train:
             raise DatasetError(f"dataset {name!r} has no training images", path=dataset.root)
         groups.append(list(dataset.train))
@@ -121,7 +122,7 @@ def build_train_sampler(cfg, data: TrainingData, rank: int = 0, world_size: int 
         return RandomIdentitySampler(data.labels, num_instances=cfg.DATALOADER.NUM_INSTANCE, **common)
     if kind == "pk_domain":
         return DomainBalancedIdentitySampler(data.labels, data.domains, num_instances=cfg.DATALOADER.NUM_INSTANCE,
-                                             **common)
+                                             epoch=cfg.DATALOADER.DOMAIN_EPOCH, **common)
     if kind == "random":
         return RandomBatchSampler(len(data.records), **common)
     raise ValueError(f"DATALOADER.SAMPLER: unknown sampler {kind!r}")

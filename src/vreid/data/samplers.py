@@ -12,7 +12,7 @@ All three are batch samplers (``DataLoader(batch_sampler=...)``) that yield list
   Seeds are 32-bit (``numpy.random.seed`` accepts them) and distinct within an epoch by construction.
 - ``set_start`` resumes mid-epoch by skipping the batches already trained on.
 
-The P x K draw is the official one (method.md 3.5: each id's images shuffled, ids with fewer than K
+The P x K draw is the official one (docs/method.md, Samplers: each id's images shuffled, ids with fewer than K
 images sampled with replacement up to K, cut into chunks of K, remainder dropped; P distinct ids per batch
 drawn uniformly among those with chunks left; stop when fewer than P ids have chunks left) with one change
 so that ``len()`` is exact and the same every epoch: an id whose remaining chunks are as many as the
@@ -35,6 +35,11 @@ _MASK32 = 0xFFFF_FFFF
 _MASK64 = (1 << 64) - 1
 
 Batch = list[tuple[int, int]]
+
+# How long a domain-balanced epoch is (DATALOADER.DOMAIN_EPOCH).
+EPOCH_OFFICIAL = "official"  # as many batches as a P x K epoch over both domains together (the official sampler)
+EPOCH_SHORTEST = "shortest"  # until either domain has no P/2 identities left
+DOMAIN_EPOCHS = (EPOCH_OFFICIAL, EPOCH_SHORTEST)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,8 +291,19 @@ class RandomIdentitySampler(_EpochBatchSampler):
 class DomainBalancedIdentitySampler(RandomIdentitySampler):
     """P x K batches whose first P/2 identities are real (domain 0) and last P/2 synthetic (domain 1).
 
-    Makes the real/synthetic pairing that MixStyle's "two domains" assumes actually happen (method.md 7.3
-    item 16). The epoch ends when either domain runs out. With several ranks, each rank's *local* batch is
+    Makes the real/synthetic pairing that MixStyle's "two domains" assumes actually happen (docs/method.md,
+    "MixStyle"). How long an epoch is (``epoch``):
+
+    - ``"official"`` (default): as many batches as :class:`RandomIdentitySampler` gives over both domains
+      together, the official sampler's epoch, so that epochs, schedules in epochs and MALW's update count
+      mean what they mean in the paper. A domain whose identities run out starts a fresh pass (new shuffle,
+      new chunks) within the epoch: on the Split-Train (360 real ids, 44k images) with VehicleX (1,362 ids,
+      192k images) and batch 128, about 1,850 steps sample each real image about 2.6 times and 60 % of the
+      synthetic images, where the official sampler shows each image once but fills batches only about 20 %
+      with real ids.
+    - ``"shortest"``: the epoch ends when either domain runs out (every image at most once per epoch).
+
+    With several ranks, each rank's *local* batch is
     itself half real, half synthetic (rank r gets the r-th slice of each half), because that is the batch
     its model and MixStyle see; the union over ranks is still exactly the global batch (as a set of
     (index, seed) pairs, in a rank-major order). So P/2 must be divisible by world_size.
@@ -303,8 +319,12 @@ class DomainBalancedIdentitySampler(RandomIdentitySampler):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        epoch: str = EPOCH_OFFICIAL,
     ):
         _EpochBatchSampler.__init__(self, batch_size, seed, rank, world_size, drop_last)
+        if epoch not in DOMAIN_EPOCHS:
+            raise ValueError(f"epoch must be one of {', '.join(DOMAIN_EPOCHS)}, got {epoch!r}")
+        self.epoch_kind = epoch
         self.num_instances = _check_int("num_instances", num_instances, 1)
         self.num_ids_per_batch = p = self._ids_per_batch()
         if p % 2:
@@ -337,15 +357,38 @@ class DomainBalancedIdentitySampler(RandomIdentitySampler):
             self._domain_groups.append(groups)
             self._domain_counts.append(counts)
             batches_per_domain.append(_max_batches(counts, p // 2))
-        self._num_batches = min(batches_per_domain)
+        self._pass_batches = batches_per_domain  # batches of one pass over each domain's chunks
+        if epoch == EPOCH_OFFICIAL:
+            self._num_batches = _max_batches(_chunk_counts(self._groups, self.num_instances), p)
+        else:
+            self._num_batches = min(batches_per_domain)
         self._log_summary()
+
+    def domain_samples(self) -> tuple[int, int]:
+        """(real, synthetic) images one epoch samples, over all ranks (each identity gives K per batch)."""
+        per_domain = self._num_batches * self.num_ids_per_batch // 2 * self.num_instances
+        return per_domain, per_domain
+
+    def _log_summary(self) -> None:
+        sizes = [sum(len(g) for g in groups) for groups in self._domain_groups]
+        samples = self.domain_samples()
+        log.info("%s: %d real + %d synthetic ids, P=%d (half each) x K=%d, %s epoch: %d batches (steps) per epoch; "
+                 "it samples %d real images (%.2f x the %d there are) and %d synthetic (%.2f x the %d there are)",
+                 type(self).__name__, len(self._domain_groups[0]), len(self._domain_groups[1]),
+                 self.num_ids_per_batch, self.num_instances, self.epoch_kind, self._num_batches,
+                 samples[0], samples[0] / sizes[0], sizes[0], samples[1], samples[1] / sizes[1], sizes[1])
 
     def _global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         half = self.num_ids_per_batch // 2
         halves = []
-        for groups, counts in zip(self._domain_groups, self._domain_counts, strict=True):
-            chunks = _chunks(rng, groups, self.num_instances)
-            halves.append(_assemble(chunks, _draw_ids(rng, counts, half, self._num_batches)))
+        for groups, counts, per_pass in zip(self._domain_groups, self._domain_counts, self._pass_batches,
+                                            strict=True):
+            batches: list[np.ndarray] = []
+            while len(batches) < self._num_batches:  # a domain that runs out starts a fresh pass
+                chunks = _chunks(rng, groups, self.num_instances)
+                picks = _draw_ids(rng, counts, half, min(per_pass, self._num_batches - len(batches)))
+                batches += _assemble(chunks, picks)
+            halves.append(batches)
         return [np.concatenate([real, syn]) for real, syn in zip(*halves, strict=True)]
 
     def _rank_positions(self, length: int) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Image transforms: the training augmentation of the paper's official code, minus its defects, and the test transform.
 
-The training order follows the official pipeline (method.md 3.6): resize (aspect not kept) -> horizontal
+The training order follows the official pipeline (docs/method.md, Augmentation): resize (aspect not kept) -> horizontal
 flip -> zero pad + random crop -> random patch -> colour jitter -> AugMix -> Gaussian blur -> tensor +
 normalise -> random erasing. The official defects are not reproduced: AugMix returns a PIL image (not a
 numpy array that only works because the blur happens to be OpenCV), its geometric ops use the image's own
 size (not a hard-coded square), and random erasing fills with noise or zero *after* normalisation instead
-of ImageNet-mean constants written into an already normalised tensor (method.md 7.3 item 24).
+of ImageNet-mean constants written into an already normalised tensor (docs/method.md, Augmentation).
 
 Every random draw comes from torch's global generator (torchvision's v2 transforms and the two written
 here alike), so a caller who seeds the global RNGs per sample gets exactly reproducible augmentation,
@@ -61,6 +61,20 @@ def _coin(p: float) -> bool:
     if p >= 1.0:
         return True
     return torch.rand(()).item() < p
+
+
+def _random_rect(width: int, height: int, min_area: float, max_area: float,
+                 draw_aspect: Callable[[], float], tries: int = 100) -> tuple[int, int, int, int] | None:
+    """(left, top, w, h) of a rectangle of area U(min_area, max_area) x the image and aspect h/w from
+    ``draw_aspect`` that fits strictly inside the image, or None after ``tries`` draws."""
+    for _ in range(tries):
+        area = _uniform(min_area, max_area) * width * height
+        aspect = draw_aspect()
+        h = int(round(math.sqrt(area * aspect)))
+        w = int(round(math.sqrt(area / aspect)))
+        if 0 < w < width and 0 < h < height:
+            return _randint(0, width - w), _randint(0, height - h), w, h
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,14 +181,8 @@ class RandomPatch:
     def _sample_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
         """(left, top, w, h) of a patch that fits strictly inside the image, or None after 100 tries."""
         log_aspect = math.log(self.min_aspect)
-        for _ in range(100):
-            area = _uniform(self.min_area, self.max_area) * width * height
-            aspect = math.exp(_uniform(log_aspect, -log_aspect))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
-            if 0 < w < width and 0 < h < height:
-                return _randint(0, width - w), _randint(0, height - h), w, h
-        return None
+        return _random_rect(width, height, self.min_area, self.max_area,
+                            lambda: math.exp(_uniform(log_aspect, -log_aspect)))
 
     def _transform_patch(self, patch: Image.Image) -> Image.Image:
         if _coin(self.flip_prob):
@@ -345,6 +353,57 @@ class AugMix:
 
 
 # --------------------------------------------------------------------------------------------------
+# Random erasing
+
+
+ERASING_TRIES = 100  # the official RandomErasing tries this often to place a rectangle
+
+
+class RandomErasing:
+    """Erase one rectangle of a normalised (C, H, W) tensor with probability ``p`` (Zhong et al., AAAI 2020).
+
+    The official geometry: up to 100 tries to place a rectangle of area U(``min_area``, ``max_area``) x H x W
+    and aspect h/w uniform in [``min_aspect``, 1/``min_aspect``] (torchvision draws the aspect log-uniformly
+    and gives up after 10 tries, which erases squarer and, for large areas, fewer rectangles). The fill is
+    per-pixel N(0, 1) noise (``"random"``) or 0, the mean colour (``"zero"``), never the ImageNet-mean
+    constants the official code wrote into the normalised tensor.
+    """
+
+    def __init__(self, p: float = 0.5, min_area: float = ERASING_MIN_AREA, max_area: float = 0.4,
+                 min_aspect: float = ERASING_MIN_ASPECT, value: str = "random"):
+        if value not in ERASING_VALUES:
+            raise ValueError(f"erasing value must be one of {', '.join(ERASING_VALUES)}, got {value!r}")
+        if not 0.0 < min_aspect <= 1.0:
+            raise ValueError(f"erasing min_aspect must be in (0, 1], got {min_aspect}")
+        self.p, self.min_area, self.max_area, self.min_aspect, self.value = p, min_area, max_area, min_aspect, value
+
+    def sample_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(top, left, h, w) of a rectangle strictly inside the image, or None after 100 tries."""
+        rect = _random_rect(width, height, self.min_area, self.max_area,
+                            lambda: _uniform(self.min_aspect, 1.0 / self.min_aspect), ERASING_TRIES)
+        if rect is None:
+            return None
+        left, top, w, h = rect
+        return top, left, h, w
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if not _coin(self.p):
+            return image
+        box = self.sample_box(image.shape[-2], image.shape[-1])
+        if box is None:
+            return image
+        top, left, h, w = box
+        out = image.clone()
+        region = out[..., top : top + h, left : left + w]
+        region.copy_(torch.randn(region.shape, dtype=out.dtype) if self.value == "random" else torch.zeros_like(region))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RandomErasing(p={self.p}, area=({self.min_area}, {self.max_area}), "
+                f"aspect=({self.min_aspect}, {1 / self.min_aspect:.3g}), value={self.value!r})")
+
+
+# --------------------------------------------------------------------------------------------------
 # Builders
 
 
@@ -429,9 +488,7 @@ def build_train_transform(cfg: CfgNode) -> Callable[[Image.Image], torch.Tensor]
         if not ERASING_MIN_AREA <= max_area <= 1.0:
             raise ValueError(f"INPUT.ERASING.MAX_AREA must be in [{ERASING_MIN_AREA}, 1], got {max_area}")
         # "random": per-pixel N(0, 1) noise; "zero": 0 on the normalised tensor, i.e. the mean colour.
-        steps.append(v2.RandomErasing(p=erasing, scale=(ERASING_MIN_AREA, max_area),
-                                      ratio=(ERASING_MIN_ASPECT, 1.0 / ERASING_MIN_ASPECT),
-                                      value="random" if value == "random" else 0.0))
+        steps.append(RandomErasing(p=erasing, max_area=max_area, value=value))
     transform = v2.Compose(steps)
     log.debug("training transform: %s", transform)
     return transform

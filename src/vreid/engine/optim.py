@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (method.md 3.2-3.3).
+"""Optimizer and learning-rate schedule (docs/method.md, Training).
 
 The schedule is a pure function of the (fractional) epoch so that it can be tested against the
 official table and so that a resumed run needs no scheduler state: the trainer sets the learning
@@ -26,12 +26,14 @@ def lr_factor(
     steps: Sequence[int] = (),
     gamma: float = 0.1,
     step_tail_epochs: int = 2,
+    tail_gamma: float = 0.3,
 ) -> float:
     """Multiplier of the base learning rate at ``epoch`` (0-based; fractions are iterations within it).
 
     - ``cosine``: (1 + cos(pi * epoch / max_epochs)) / 2, floored at ``eta_min_ratio``.
     - ``cosine_step`` (the official ``CosineStepLR``, per epoch): cosine over the first
-      ``max_epochs - step_tail_epochs`` epochs, then the last cosine value times ``gamma`` per epoch.
+      ``max_epochs - step_tail_epochs`` epochs, then the last cosine value times ``tail_gamma`` per epoch
+      (official: 0.3).
     - ``step``: ``gamma`` to the number of ``steps`` (epochs) passed.
     Linear warm-up from ``warmup_factor`` to 1 over the first ``warmup_epochs`` multiplies any of them.
     """
@@ -45,7 +47,7 @@ def lr_factor(
             factor = (1 + math.cos(math.pi * t / cos_epochs)) / 2
         else:
             last = (1 + math.cos(math.pi * (cos_epochs - 1) / cos_epochs)) / 2
-            factor = last * gamma ** (t - cos_epochs + 1)
+            factor = last * tail_gamma ** (t - cos_epochs + 1)
     elif scheduler == "step":
         factor = gamma ** sum(math.floor(epoch) >= s for s in steps)
     else:
@@ -58,7 +60,8 @@ def lr_factor(
 def lr_factor_from_config(cfg, epoch: float) -> float:
     s = cfg.SOLVER
     return lr_factor(epoch, s.MAX_EPOCHS, s.SCHEDULER, s.WARMUP_EPOCHS, s.WARMUP_FACTOR,
-                     s.ETA_MIN_LR / s.BASE_LR if s.BASE_LR else 0.0, s.STEPS, s.GAMMA, s.STEP_TAIL_EPOCHS)
+                     s.ETA_MIN_LR / s.BASE_LR if s.BASE_LR else 0.0, s.STEPS, s.GAMMA, s.STEP_TAIL_EPOCHS,
+                     s.STEP_TAIL_GAMMA)
 
 
 def param_groups(model: nn.Module, base_lr: float, weight_decay: float, norm_bias_decay: float,

@@ -1,4 +1,4 @@
-"""From saved FeatureSets to a final distance, ranking and metrics, as ``cfg.TEST`` describes (method.md 5).
+"""From saved FeatureSets to a final distance, ranking and metrics, as ``cfg.TEST`` describes (docs/method.md).
 
 Order: gallery track averaging -> query expansion / database augmentation -> distance (k-reciprocal
 re-ranking, with the orientation/camera fusion D = Dv - w_o*Do - w_c*Dc inside it, or the plain

@@ -1,4 +1,4 @@
-"""The training loop (method.md section 3), done so that nothing is lost and a resumed run is exact.
+"""The training loop (docs/method.md, Training), done so that nothing is lost and a resumed run is exact.
 
 Per iteration: learning rate from the schedule -> forward under autocast -> losses (MALW) -> a
 non-finite loss stops the run (the last good checkpoint stays) -> backward, clipping, step ->
@@ -36,6 +36,7 @@ from vreid.errors import VreidError
 from vreid.fileio import atomic_write_text
 from vreid.losses import build_criterion
 from vreid.models import build_model
+from vreid.models.build import pretrain_path
 from vreid.retrieval import evaluate, pairwise_distance
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def validate(cfg, model: nn.Module, data: TrainingData, device: torch.device, amp_dtype) -> dict[str, float]:
-    """mAP and CMC on the validation ids (never the test split)."""
+    """mAP and CMC on the validation ids (never the test split), with the embeddings ``vreid test`` uses (TEST.FLIP).
+
+    The official code validates without flipping while testing with it; here the best checkpoint is
+    chosen on the same embeddings that are tested.
+    """
     transform = build_test_transform(cfg)
-    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "device": device, "amp_dtype": amp_dtype,
+    kwargs = {"batch_size": cfg.TEST.IMS_PER_BATCH, "flip": cfg.TEST.FLIP, "device": device, "amp_dtype": amp_dtype,
               "channels_last": cfg.SOLVER.CHANNELS_LAST, "progress": False}
     with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG stream
         query = extract_features(model, data.val_query, transform, **kwargs)
@@ -127,6 +132,7 @@ def train(cfg, resume: bool = False) -> dict[str, Any]:
 def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
     out = Path(cfg.OUTPUT_DIR)
     ckpt_dir = out / "checkpoints"
+    pretrain_path(cfg)  # before anything is written: no ImageNet file and no explicit opt-out is an error
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)

@@ -5,7 +5,7 @@ the ID loss fluctuates more, its weight is pulled toward ``r = std_metric / std_
 ``1 - (std_id - std_metric) / std_id``, the same number). The metric weight never changes. The caller computes
 ``w_id * id_loss + w_metric * metric_loss`` with the weights :meth:`MomentumAdaptiveLossWeight.step` returns.
 
-How this differs from the paper's printed algorithm and from the official code (method.md §2.4-2.5, §7.3 item 17):
+How this differs from the paper's printed algorithm and from the official code (docs/method.md, Losses and MALW):
 
 ==================  ===============================  ===============================  ================================
 aspect              paper, Algorithm 1               official code                    here (default; alternative)
@@ -27,7 +27,7 @@ Why these defaults: the convex update is a proper exponential moving average, so
 initial value and the ratios seen (within [0, 1] from the usual 1.0 start); that fits the rule's purpose, which only
 fires when the ID loss is the noisier one and then pulls ``w_id`` toward r < 1. The printed rule has fixed point
 ``r / (1 - α)`` = 10·std_m/std_id and lets ``w_id`` grow past 1; it is almost surely a typo, kept only as
-``update="paper"``. Raw recording is what the released code does (method.md treats the code as authoritative);
+``update="paper"``. Raw recording is what the released code does (docs/method.md follows the code);
 weighted recording (the paper's text) adds feedback, since a smaller ``w_id`` also shrinks the recorded ID spread,
 and is available as ``record="weighted"``. Iterations are counted globally (histories are not reset at epoch
 boundaries); resuming needs :meth:`~MomentumAdaptiveLossWeight.state_dict`, which includes the partial histories.

@@ -1,6 +1,6 @@
 """Supervised contrastive loss (Khosla et al., NeurIPS 2020), the paper's metric loss (Eq. 6).
 
-Differences from the official code (method.md §2.2 and §7.3 item 18):
+Differences from the official code (docs/method.md, Losses and MALW):
 
 * Features are L2-normalised by default (``normalize=True``), as in standard SupCon. The official code feeds the
   raw post-BN feature to ``exp(z_i·z_a/τ)``; dot products then scale with the square of the feature norm, so the

@@ -1,6 +1,6 @@
 """Batch-hard triplet loss (Hermans et al., 2017) on Euclidean distances.
 
-Differences from the official code (method.md §2.2): mining works with plain masks, so identities may have
+Differences from the official code (docs/method.md): mining works with plain masks, so identities may have
 different numbers of images in a batch (the official code reshapes the masks and silently requires every anchor
 to have the same number of positives); anchors without a positive or without a negative are skipped instead of
 producing garbage; a batch with no valid anchor returns a zero that keeps the graph connected.
@@ -38,8 +38,8 @@ class TripletLoss(nn.Module):
     (another image of the same identity) and one negative; ``margin=None`` or ``margin <= 0`` selects the soft
     margin ``softplus(d_ap - d_an)`` (as the official code does for ``margin <= 0``). ``normalize=True``
     L2-normalises the features first, which makes the margin independent of the feature scale (the paper's
-    setting applies the loss to the un-normalised post-BN feature, whose scale starts near zero, method.md §7.3
-    item 19). Only ``mining="hard"`` exists; the argument is there so other strategies can be added.
+    setting applies the loss to the un-normalised post-BN feature, whose scale starts near zero; docs/method.md).
+    Only ``mining="hard"`` exists; the argument is there so other strategies can be added.
     """
 
     def __init__(self, margin: float | None = 0.3, normalize: bool = False, mining: str = "hard") -> None:

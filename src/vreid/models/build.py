@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vreid.models.backbones import create_backbone
+from vreid.errors import ConfigError
+from vreid.models.backbones import create_backbone, expected_weights_file
 from vreid.models.classifiers import CLASSIFIERS
 from vreid.models.heads import BNNeck, MultiHeadAttention
 from vreid.models.layers import POOLINGS, MixStyle
@@ -67,7 +68,7 @@ class ReIDNet(nn.Module):
         """Train only what follows the backbone: no backbone gradients, BN statistics and MixStyle frozen.
 
         The official code freezes the weights but keeps the backbone's BatchNorm statistics updating
-        and MixStyle running (method.md 3.4); here the backbone is fully in eval mode while frozen.
+        and MixStyle running (docs/method.md, Training); here the backbone is fully in eval mode while frozen.
         """
         self.backbone_frozen = frozen
         self.train(self.training)
@@ -106,14 +107,35 @@ class ReIDNet(nn.Module):
         return out
 
 
+def pretrain_path(cfg) -> str | None:
+    """The ImageNet weights file training starts from, or None when ``MODEL.PRETRAIN`` is False.
+
+    A backbone trained from random weights by accident reproduces nothing and says nothing, so an
+    empty ``MODEL.PRETRAIN_PATH`` is an error unless ``MODEL.PRETRAIN False`` opts out on purpose.
+    """
+    m = cfg.MODEL
+    if not m.PRETRAIN:
+        if m.PRETRAIN_PATH:
+            raise ConfigError(f"MODEL.PRETRAIN is False but MODEL.PRETRAIN_PATH is {m.PRETRAIN_PATH!r}: "
+                              "clear one of them")
+        return None
+    if not m.PRETRAIN_PATH:
+        raise ConfigError(f"MODEL.PRETRAIN_PATH is empty: backbone {m.BACKBONE} starts from ImageNet weights "
+                          f"({expected_weights_file(m.BACKBONE)}); give that file, or set MODEL.PRETRAIN False to "
+                          "train from random weights")
+    return m.PRETRAIN_PATH
+
+
 def build_model(cfg, num_classes: int, pretrained: bool = True) -> ReIDNet:
     """The network described by ``cfg.MODEL`` with ``num_classes`` training classes (0: no classifier).
 
-    ``pretrained=False`` skips ``MODEL.PRETRAIN_PATH`` (random initialisation): for loading trained weights,
-    which must not depend on the ImageNet file still being where training found it.
+    ``pretrained=True`` loads ``MODEL.PRETRAIN_PATH`` when one is given and ``MODEL.PRETRAIN`` is on (the
+    trainer checks first, with :func:`pretrain_path`, that a run meant to start from ImageNet has the file);
+    ``pretrained=False`` skips it: for loading trained weights, which must not depend on the ImageNet file
+    still being where training found it.
     """
     m = cfg.MODEL
-    path = m.PRETRAIN_PATH if pretrained else ""
+    path = m.PRETRAIN_PATH if pretrained and m.PRETRAIN else ""
     backbone = create_backbone(m.BACKBONE, last_stride=m.LAST_STRIDE, pretrained_path=path or None)
     dim = backbone.out_channels
     pool = POOLINGS[m.POOLING](p=m.GEM.P, learnable=m.GEM.LEARNABLE)

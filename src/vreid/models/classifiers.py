@@ -1,4 +1,4 @@
-"""Identity classifiers on the BNNeck feature: linear, ArcFace, CosFace, circle-softmax (method.md 1.8).
+"""Identity classifiers on the BNNeck feature: linear, ArcFace, CosFace, circle-softmax (docs/method.md, Classifiers).
 
 The margin-based ones need the labels in training; without labels (evaluation) they return the
 scaled cosine logits. One-hot targets are built on the logits' device: nothing hard-codes CUDA,
@@ -80,7 +80,13 @@ class CircleSoftmax(_CosineClassifier):
 
     alpha_p = relu(1 + m - cos), alpha_n = relu(cos + m) (detached);
     target s*alpha_p*(cos - (1 - m)), others s*alpha_n*(cos - m).
+    Weights start as in the official code: kaiming-uniform with a = sqrt(5) (nn.Linear's default),
+    i.e. U(-1/sqrt(in_dim), 1/sqrt(in_dim)).
     """
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35):
+        super().__init__(in_dim, num_classes, scale, margin)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def margin_logits(self, cos: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         m = self.margin

@@ -1,4 +1,4 @@
-"""Heads after pooling: the GroupFace-style multi-head with attention, and the BNNeck (method.md 1.6-1.7)."""
+"""Heads after pooling: the GroupFace-style multi-head with attention, and the BNNeck (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class BNNeck(nn.Module):
     """BatchNorm1d between the embedding and the classifier, bias frozen at 0 (BoT).
 
     The weight starts at 1 as in BoT; the official code draws it from N(0, 0.001), which makes the
-    post-BN feature ~0 at the start (method.md 7.3 item 19).
+    post-BN feature ~0 at the start (docs/method.md, Pooling, multi-head and BNNeck).
     """
 
     def __init__(self, dim: int):

@@ -1,4 +1,4 @@
-"""Pooling and feature-statistics layers: GeM and MixStyle (method.md 1.3-1.4)."""
+"""Pooling and feature-statistics layers: GeM and MixStyle (docs/method.md, MixStyle and Pooling)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def domain_partners(domains: torch.Tensor, generator: torch.Generator | None = N
     """For each sample, a random partner from another domain (or from the whole batch if none exists).
 
     This is the real<->synthetic pairing the paper describes; the official ``MixStyle2`` instead pairs
-    the two halves of the batch, which its sampler never fills with one domain each (method.md 1.3).
+    the two halves of the batch, which its sampler never fills with one domain each (docs/method.md, MixStyle).
     """
     n = domains.numel()
     partner = torch.empty(n, dtype=torch.long)

@@ -2,7 +2,7 @@
 
 The paper's official code consumed precomputed masks whose producing code was never published, and it
 keyed them by file basename, so a synthetic image named like a real one was silently replaced by the real
-vehicle (method.md 4.7.2, 7.3 item 23). Here a mask is keyed by the image's path relative to a root, the
+vehicle (docs/method.md, Background swap). Here a mask is keyed by the image's path relative to a root, the
 cache has an index (``masks.json``: relative image path -> mask file relative to the cache, or null where no
 vehicle was found) so the swap can skip images without a usable mask instead of pasting garbage, and
 computing is resumable: images already in the index are never computed again.
@@ -51,7 +51,7 @@ Detector = Callable[[list[torch.Tensor]], list[Mapping[str, torch.Tensor]]]
 def mask_key(path: str | Path, root: str | Path) -> str:
     """An image's cache key: its path relative to ``root``, POSIX style.
 
-    Never the basename: real and synthetic datasets reuse names like ``000001.jpg`` (method.md 7.3 item 23).
+    Never the basename: real and synthetic datasets reuse names like ``000001.jpg`` (docs/method.md, Background swap).
     """
     path, root = Path(path), Path(root)
     try:

@@ -1,6 +1,6 @@
 """Query-gallery distance matrices, computed block by block with matrix products.
 
-The official code builds the whole matrix on the GPU (method.md §5.2); here a block of query rows at a time is
+The official code builds the whole matrix on the GPU (docs/method.md); here a block of query rows at a time is
 computed as ``|a|² + |b|² - 2a·b`` with one GEMM, so memory stays at one (block, g) slab besides the output and no
 (q, g, d) difference tensor is ever formed. Results are float32: that is what the evaluator and re-ranking consume,
 and a 1,103 x 31,238 float32 matrix is already 138 MB.

@@ -1,7 +1,7 @@
 """Multi-model ensembles: a weighted mean of distance matrices, or one concatenated feature per image.
 
 The paper averages the (re-ranked) q x g distance matrices of ResNet50-IBN-a, ResNeXt101-IBN-a and ResNet152
-(+2.8 mAP, method.md §5.7); the official script took the unweighted mean of raw matrices. Here weights are optional
+(+2.8 mAP, docs/method.md); the official script took the unweighted mean of raw matrices. Here weights are optional
 and each matrix can first be normalised per query, because models' distances need not share a scale (a re-ranked
 matrix mixes Jaccard and squared distances; a model with larger spread would otherwise dominate the mean).
 :func:`ensemble_features` gives the same result as a weighted mean of cosine similarities without ever storing one

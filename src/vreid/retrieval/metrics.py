@@ -1,6 +1,6 @@
 """Retrieval metrics: mAP, mINP and CMC (VeRi/Market protocol) and the AI City rank-K mAP.
 
-Differences from the official evaluator (method.md §5.9): mINP is reported; junk removal is always "same id AND
+Differences from the official evaluator (docs/method.md, Metrics): mINP is reported; junk removal is always "same id AND
 same camera" — the official code flips to removing same-id *different*-camera items when the gallery has a single
 camera, which makes dummy-labelled sets score nonsense; camera filtering is switched off explicitly by passing
 ``None`` cameras (VehicleID) rather than guessed from the data; ids and cameras may be any hashable labels
@@ -245,9 +245,9 @@ def evaluate_aic(
 
     AP_K = (sum of the precision at each true match ranked within the top K) / min(number of true matches, K), so a
     list that puts min(n, K) true matches first scores 1. Queries without any true match are skipped and counted.
-    The server's exact rules are not published (method.md §5.9); we follow the usual rank-K definition and, by
+    The server's exact rules are not published (docs/method.md, Metrics); we follow the usual rank-K definition and, by
     default, remove nothing: a submission is scored as submitted, and camera verification is a post-processing
-    choice, not part of the metric (formats.md §6.6). Given cameras, same-id same-camera items are removed first,
+    choice, not part of the metric (docs/method.md). Given cameras, same-id same-camera items are removed first,
     as in :func:`evaluate`, for comparing with VeRi-style numbers on a labelled local split.
 
     Returns ``mAP``, ``rank1`` (floats), ``num_query``, ``num_skipped``, ``top_k`` and per query ``ap`` (NaN when

@@ -2,7 +2,7 @@
 
 Both replace a vector by a similarity-weighted mean of itself and its nearest gallery neighbours, pulling it
 towards the dense part of its identity's cluster. Neither is used by the paper (the official ``QUERY_EXPANSION``/
-``DO_DBA`` switches are off everywhere, method.md §5.1; they averaged the top-6 of all q+g features with equal
+``DO_DBA`` switches are off everywhere, docs/method.md; they averaged the top-6 of all q+g features with equal
 weights); here they are optional tools with the usual alpha-QE defaults (k=5, alpha=3).
 
 Definitions: for a unit vector x with top-k neighbours n_1..n_k (cosine similarity s_j, best first), the new vector

@@ -1,7 +1,8 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) without any dense (q+g) x (q+g) matrix.
 
-The usual implementation (Luo Hao's port used by BoT/VOC, method.md §5.3) holds several dense (q+g)² matrices and
-loops over rows in Python: ~22 GiB at CityFlowV2-test scale (perf-notes.md). This one computes the same numbers from
+The usual implementation (Luo Hao's port used by BoT/VOC, docs/method.md) holds several dense (q+g)² matrices and
+loops over rows in Python: ~22 GiB at CityFlowV2-test scale (each dense 32,341² float32 matrix is 4.2 GB). This one
+computes the same numbers from
 
 * one pass of square distance tiles over the upper triangle (the matrix is symmetric, so each GEMM serves two row
   blocks), keeping per row only its maximum and its nearest neighbours (``np.argpartition``),
@@ -81,7 +82,7 @@ def k_reciprocal_rerank(
     ~1e-6 whenever no two distances of a row are within rounding of each other at a neighbour-list boundary.
 
     ``extra_distance`` adds a term to d BEFORE normalisation and the neighbour search, as VOC-ReID's fused distance
-    D = Dv - λ1·Do - λ2·Dc does inside its re-ranking (method.md §5.4); the fused matrix is then both the basis of
+    D = Dv - λ1·Do - λ2·Dc does inside its re-ranking (docs/method.md); the fused matrix is then both the basis of
     the neighbour sets and the original-distance term of Eq. 12. Either
 
     * ``[(features, weight), ...]``: each ``features`` is (N, d') in the same query-then-gallery order and adds

@@ -1,9 +1,9 @@
 """AI City 2021 Track 2 submission file ``track2.txt``: writing and validating it.
 
-Format (formats.md §6.4): one line per query in ``name_query.txt`` order; each line holds the top-100 gallery
+Format (docs/method.md, Submission): one line per query in ``name_query.txt`` order; each line holds the top-100 gallery
 matches, best first, as space-separated integers — the numeric stem of the test image name (``000123.jpg`` -> 123),
 which is its 1-based index in ``name_test.txt`` under the official layout; every line ends with a newline. The
-official code wrote file names (``000123.jpg``) copied from ``test_track.txt`` instead (method.md §7 item 27); we
+official code wrote file names (``000123.jpg``) copied from ``test_track.txt`` instead (docs/method.md, Submission); we
 write integers and refuse anything that could silently produce a malformed file (too short a ranking, repeated
 entries, names without a number). Because a submission counts against a limited budget, :func:`check_track2`
 re-reads a file and lists every problem found, so a bad file is caught before upload.

@@ -1,10 +1,10 @@
 """Using gallery tracklets at test time: feature averaging along a track and track-level re-ranking.
 
-AIC21 gallery images come in tracklets (consecutive crops of one vehicle from one camera, formats.md §6.4), so
+AIC21 gallery images come in tracklets (consecutive crops of one vehicle from one camera, docs/datasets.md), so
 images of a track should be retrieved together. The paper (§3.4) speaks of "feature averaging of consecutive frames";
 the official code instead averaged over the whole tracklet (off in all scripts) and, for the submission, re-ordered
-each top-100 list so that every tracklet with a member in it appears as one block (method.md §5.6). Differences from
-that code: images inside a track block are sorted by distance (the official code kept track-file order, §7 item 28);
+each top-100 list so that every tracklet with a member in it appears as one block (docs/method.md). Differences from
+that code: images inside a track block are sorted by distance (the official code kept track-file order);
 images without a track are singleton tracks instead of a KeyError; and tracks are ranked over the whole gallery,
 not only among those with a member in the image-level top-100 (with ``reduce="min"`` this changes nothing: a track
 whose best image is outside the top-100 can never rank before one whose best image is inside it).
@@ -174,7 +174,7 @@ def track_rerank(
 ) -> np.ndarray:
     """(q, top_k) int64 gallery indices: whole tracks in order of track distance, each track's images by distance.
 
-    The paper's "track-rank" submission step (method.md §5.6): for each query, tracks are ranked by the distance of
+    The paper's "track-rank" submission step (docs/method.md): for each query, tracks are ranked by the distance of
     their best image (``reduce="min"``, the official behaviour) or by their mean distance (``"mean"``), ties going to
     the track that appears first in the gallery; all images of a track are listed together, nearest first (ties by
     gallery index); images without a track are singleton tracks. The list is cut at ``top_k`` (the last track may be

@@ -35,16 +35,20 @@ def load_dataset(
     folder_pattern: str = folder.DEFAULT_PATTERN,
     local_split_ids: int = 0,
     local_split_queries: int = 2,
+    synthetic_images: str | Path = "",
 ) -> Dataset:
     """Read dataset ``name`` from ``root``.
 
     With ``local_split_ids > 0`` that many training identities are held out (seeded) as a labelled
     query/gallery (the paper's Split-Train / Split-Test), replacing the dataset's own query/gallery:
-    the way to evaluate on AIC21-style data whose test labels are private.
+    the way to evaluate on AIC21-style data whose test labels are private. ``synthetic_images`` replaces
+    the image folder of ``aic21_synthetic`` (a UNIT-translated copy, see :func:`aic21.read_synthetic`).
     """
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}")
-    kwargs = {"pattern": folder_pattern} if name == "folder" else {}
+    kwargs: dict = {"pattern": folder_pattern} if name == "folder" else {}
+    if name == "aic21_synthetic" and synthetic_images:
+        kwargs["image_dir"] = synthetic_images
     dataset = READERS[name](root, test_split=test_split, seed=seed, **kwargs)
     if local_split_ids:
         train, query, gallery = hold_out_split(dataset.train, local_split_ids, seed, local_split_queries)

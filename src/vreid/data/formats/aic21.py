@@ -17,6 +17,10 @@ Synthetic set (``AIC21_Track2_ReID_Simulation/``)::
 
     sys_image_train/                            {vehicleID}_c{camera}_{n}.jpg
     train_label.xml                             imageName vehicleID cameraID orientation colorID typeID ...
+
+A translated copy of ``sys_image_train`` (UNIT, ``vreid prep translate apply``; the official code reads
+one from ``output_UNIT/``) is used instead when ``image_dir`` names it (``DATASETS.SYNTHETIC_IMAGES``):
+same file names, same labels, other pixels.
 """
 
 from __future__ import annotations
@@ -102,12 +106,24 @@ def read(root: str | Path, test_split: str = "", seed: int = 0) -> Dataset:
     return Dataset("aic21", base, splits, meta={"files_present": present})
 
 
-def read_synthetic(root: str | Path, test_split: str = "", seed: int = 0) -> Dataset:
-    """Read the VehicleX synthetic training set, keeping orientation and every other attribute."""
+def read_synthetic(root: str | Path, test_split: str = "", seed: int = 0, image_dir: str | Path = "") -> Dataset:
+    """Read the VehicleX synthetic training set, keeping orientation and every other attribute.
+
+    ``image_dir``: the folder of the images ("" = ``sys_image_train``), relative to the synthetic set's
+    folder or absolute; the labels stay those of ``train_label.xml``.
+    """
     if test_split:
         raise ValueError(f"test_split: aic21_synthetic is a training set only (got {test_split!r})")
-    base = find_root(root, (SYNTHETIC_FOLDER,), "sys_image_train")
-    folder = base / "sys_image_train"
+    if image_dir:
+        marker = "train_label.xml" if Path(image_dir).is_absolute() else str(image_dir)
+        base = find_root(root, (SYNTHETIC_FOLDER,), marker)
+        folder = base / image_dir  # an absolute image_dir stays as it is
+        if not folder.is_dir():
+            raise DatasetError("DATASETS.SYNTHETIC_IMAGES: no such image folder", path=folder)
+        log.info("synthetic images from %s (labels from %s)", folder, base / "train_label.xml")
+    else:
+        base = find_root(root, (SYNTHETIC_FOLDER,), "sys_image_train")
+        folder = base / "sys_image_train"
     label_path = base / "train_label.xml"
     existing = list_images(folder)
     records = []

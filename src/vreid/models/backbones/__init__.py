@@ -31,6 +31,7 @@ __all__ = [
     "TimmBackbone",
     "TorchvisionBackbone",
     "create_backbone",
+    "expected_weights_file",
     "load_pretrained",
 ]
 
@@ -42,6 +43,33 @@ IBN_BACKBONES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 TIMM_PREFIX = "timm:"
+
+# The ImageNet release each IBN-a trunk is meant to start from (IBN-Net v1.0 files, plain state_dicts).
+IBN_WEIGHT_FILES: dict[str, str] = {
+    "resnet50_ibn_a": "resnet50_ibn_a-d9d0bb7b.pth",
+    "resnet101_ibn_a": "resnet101_ibn_a-59ea0ac6.pth",
+    "resnext101_ibn_a": "resnext101_ibn_a-6ace051d.pth",
+}
+
+
+def expected_weights_file(name: str) -> str:
+    """The usual file name of backbone ``name``'s ImageNet weights, for error messages (nothing is downloaded).
+
+    IBN-a trunks: the IBN-Net release; torchvision models: the file of their first ImageNet weights (the
+    ``IMAGENET1K_V1`` entry, which the ReID literature uses), read from torchvision's weight tables offline.
+    """
+    if name in IBN_WEIGHT_FILES:
+        return IBN_WEIGHT_FILES[name]
+    if name.startswith(TIMM_PREFIX):
+        return f"the ImageNet weights of timm model {name[len(TIMM_PREFIX):]!r}"
+    try:
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(name)
+        entry = weights.__members__.get("IMAGENET1K_V1") or weights.DEFAULT
+        return entry.url.rsplit("/", 1)[-1]
+    except (ValueError, KeyError, AttributeError):
+        return f"the ImageNet weights of {name!r}"
 
 
 def create_backbone(name: str, last_stride: int = 1, pretrained_path: str | Path | None = None) -> nn.Module:

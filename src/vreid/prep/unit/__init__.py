@@ -1,5 +1,5 @@
 """UNIT image-to-image translation (Liu, Breuel, Kautz, "Unsupervised Image-to-Image Translation Networks",
-NeurIPS 2017), used to give synthetic VehicleX crops the look of real CityFlow crops (method.md 4.7.1).
+NeurIPS 2017), used to give synthetic VehicleX crops the look of real CityFlow crops (docs/method.md).
 
 :func:`train_unit` learns the translation from two unpaired image folders; :func:`translate_folder` writes a
 translated copy of a folder (same layout, names and sizes, label files copied).
