@@ -120,7 +120,7 @@ _C.SOLVER.STEP_TAIL_EPOCHS = 2  # cosine_step: the last epochs that decay by GAM
 _C.SOLVER.FREEZE_BACKBONE_EPOCHS = 0  # train only the head for this many first epochs (paper: 1), BN stats frozen
 _C.SOLVER.CLIP_GRAD_NORM = 0.0  # clip the global gradient norm to this (0 = off)
 _C.SOLVER.EMA_DECAY = 0.0  # exponential moving average of the weights (0 = off; e.g. 0.999)
-_C.SOLVER.AMP = "off"  # mixed precision: off | bf16 (CPU or GPU) | fp16 (GPU, with loss scaling)
+_C.SOLVER.AMP = "auto"  # precision: auto (GPU bf16/fp16; CPU bf16 if native else float32) | bf16 | fp16 | off/fp32
 _C.SOLVER.CHANNELS_LAST = True  # channels-last memory format (faster convolutions on CPU and GPU)
 _C.SOLVER.LOG_PERIOD = 20  # iterations between log lines
 _C.SOLVER.CHECKPOINT_ITERS = 200  # also checkpoint every this many iterations inside an epoch (0 = epoch ends only)
@@ -345,7 +345,7 @@ def validate(cfg: CN) -> None:
     from vreid.data.background_swap import FILLS
     from vreid.data.formats import DATASET_NAMES
     from vreid.data.records import LABEL_KINDS
-    from vreid.engine.extract import AMP_DTYPES
+    from vreid.engine.precision import AMP_CHOICES, AMP_DTYPES
     from vreid.engine.inference import BACKENDS
     from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
     from vreid.losses.malw import RECORD_MODES, UPDATE_RULES
@@ -371,7 +371,7 @@ def validate(cfg: CN) -> None:
         "LOSSES.MALW.UPDATE": UPDATE_RULES,
         "SOLVER.OPTIMIZER": ("adam", "sgd"),
         "SOLVER.SCHEDULER": ("cosine", "cosine_step", "step"),
-        "SOLVER.AMP": tuple(AMP_DTYPES),
+        "SOLVER.AMP": AMP_CHOICES,
         "UNIT.AMP": tuple(AMP_DTYPES),
         "TEST.METRIC": ("euclidean", "cosine"),
         "TEST.BACKEND": BACKENDS,

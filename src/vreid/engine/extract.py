@@ -24,8 +24,6 @@ from vreid.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # SOLVER.AMP / UNIT.AMP values
-
 
 @dataclass
 class FeatureSet:

@@ -18,7 +18,8 @@ from PIL import Image
 from vreid.data.records import ImageRecord
 from vreid.data.transforms import build_test_transform
 from vreid.engine.checkpoint import model_weights
-from vreid.engine.extract import AMP_DTYPES, FeatureSet, embed_batch, extract_features
+from vreid.engine.extract import FeatureSet, embed_batch, extract_features
+from vreid.engine.precision import amp_dtype
 from vreid.errors import ConfigError, VreidError
 from vreid.models import build_model
 
@@ -80,7 +81,7 @@ def inference_setup(cfg) -> InferenceSetup:
         device, amp, channels_last = torch.device("cpu"), None, False
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        amp = AMP_DTYPES[cfg.SOLVER.AMP]
+        amp = amp_dtype(cfg.SOLVER.AMP, device)
         channels_last = cfg.SOLVER.CHANNELS_LAST
         if cfg.TEST.THREADS:
             torch.set_num_threads(cfg.TEST.THREADS)
