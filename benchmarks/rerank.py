@@ -67,8 +67,9 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes())
 
 
-def clustered_features(n: int, dim: int, per_id: int, seed: int, chunk: int = 4096) -> np.ndarray:
-    """(n, dim) float32 unit vectors: identity centre + noise of the same norm, generated a chunk at a time."""
+def clustered_features(n: int, dim: int, per_id: int, seed: int, chunk: int = 4096, return_ids: bool = False):
+    """(n, dim) float32 unit vectors: identity centre + noise of the same norm, generated a chunk at a time (and
+    the identity of each row with ``return_ids``)."""
     rng = np.random.default_rng(seed)
     num_ids = max(1, n // per_id)
     centres = rng.standard_normal((num_ids, dim), dtype=np.float32)
@@ -81,7 +82,7 @@ def clustered_features(n: int, dim: int, per_id: int, seed: int, chunk: int = 40
         noise /= np.linalg.norm(noise, axis=1, keepdims=True)
         x = centres[ids[s:e]] + noise
         out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    return (out, ids) if return_ids else out
 
 
 def floor_seconds(feats: np.ndarray) -> float:

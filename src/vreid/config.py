@@ -132,6 +132,7 @@ _C.TEST.IMS_PER_BATCH = 64  # batch size of feature extraction
 _C.TEST.FLIP = False  # average the features of the image and its mirror image
 _C.TEST.BACKEND = "auto"  # inference backend: auto (onnxruntime for an .onnx TEST.WEIGHT) | torch | onnxruntime
 _C.TEST.THREADS = 0  # CPU threads for inference (0 = the library's default)
+_C.TEST.RETRIEVAL_DEVICE = "auto"  # re-ranking and evaluation: auto (CUDA when available, else numpy) | cpu | cuda
 _C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | cosine
 _C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
 _C.TEST.QE = CN()
@@ -345,13 +346,14 @@ def validate(cfg: CN) -> None:
     from vreid.data.background_swap import FILLS
     from vreid.data.formats import DATASET_NAMES
     from vreid.data.records import LABEL_KINDS
-    from vreid.engine.precision import AMP_CHOICES, AMP_DTYPES
     from vreid.engine.inference import BACKENDS
+    from vreid.engine.precision import AMP_CHOICES, AMP_DTYPES
     from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
     from vreid.losses.malw import RECORD_MODES, UPDATE_RULES
     from vreid.models.build import HEADS, NECK_FEATS
     from vreid.models.classifiers import CLASSIFIERS
     from vreid.models.layers import MIX_DOMAIN, MIX_RANDOM, POOLINGS
+    from vreid.retrieval.accel import RETRIEVAL_DEVICES
 
     for name in cfg.DATASETS.TRAIN:
         if name not in DATASET_NAMES:
@@ -375,6 +377,7 @@ def validate(cfg: CN) -> None:
         "UNIT.AMP": tuple(AMP_DTYPES),
         "TEST.METRIC": ("euclidean", "cosine"),
         "TEST.BACKEND": BACKENDS,
+        "TEST.RETRIEVAL_DEVICE": RETRIEVAL_DEVICES,
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
         "INPUT.ERASING.VALUE": ("random", "zero"),
         "INPUT.BACKGROUND_SWAP.FILL": FILLS,

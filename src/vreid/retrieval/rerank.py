@@ -52,6 +52,7 @@ def k_reciprocal_rerank(
     extra_distance: ExtraDistance | None = None,
     block: int = 2048,
     dtype: DTypeLike = np.float32,
+    device: str | None = None,
 ) -> np.ndarray:
     """Re-ranked (q, g) float32 distances d* (Eq. 12) between ``query_features`` (q, d) and ``gallery_features`` (g, d).
 
@@ -96,6 +97,9 @@ def k_reciprocal_rerank(
 
     ``block`` is the tile edge (rows and columns per GEMM); ``dtype`` the arithmetic of the distances (float32;
     float64 for checks). Memory never holds an N x N array; see the module docstring.
+
+    ``device``: a torch device ("cuda") to run the neighbour pass and the Jaccard stage on (float32; see
+    :mod:`vreid.retrieval.accel`); ``None``, the default, is this numpy implementation.
     """
     start_time = time.perf_counter()
     if k1 < 1 or k2 < 1:
@@ -126,7 +130,19 @@ def k_reciprocal_rerank(
     keep = min(need + _MARGIN, n)
 
     # Pass 1: neighbour lists, row maxima and the raw query x gallery distances, one tile at a time.
-    ranks, dists, row_max, raw_qg = _neighbours(terms, extra_fn, n, num_query, keep, block, dtype)
+    if device is not None:
+        from vreid.retrieval import accel
+
+        if dtype != np.float32:
+            raise ValueError(f"dtype {dtype} needs the numpy path (device=None); torch devices compute in float32")
+        ranks, dists, row_max, raw_qg, exact_rows = accel.rerank_neighbours(terms, extra_fn, n, num_query, keep,
+                                                                           device)
+    else:
+        ranks, dists, row_max, raw_qg = _neighbours(terms, extra_fn, n, num_query, keep, block, dtype)
+
+        def exact_rows(rows: np.ndarray, row_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return _exact_rows(rows, terms, extra_fn, n, keep, block, row_max, dtype)
+
     if not np.all(row_max > 0):
         raise ValueError("the (fused) original distance has a row whose maximum is <= 0; cannot normalise it")
     dists /= row_max[:, None]
@@ -135,7 +151,7 @@ def k_reciprocal_rerank(
         ties = np.flatnonzero(dists[:, need - 1] == dists[:, keep - 1])
         if ties.size:
             log.info("%d rows have ties at the neighbour-list boundary: recomputing them in full", ties.size)
-            ranks[ties], dists[ties] = _exact_rows(ties, terms, extra_fn, n, keep, block, row_max, dtype)
+            ranks[ties], dists[ties] = exact_rows(ties, row_max)
     t_pass1 = time.perf_counter()
 
     # k-reciprocal sets (Eq. 2) and the expanded sets R* (Eq. 3).
@@ -157,7 +173,10 @@ def k_reciprocal_rerank(
         indptr, v_indices, v_data = _query_expansion(indptr, v_indices, v_data, ranks[:, : min(k2, n)])
     t_v = time.perf_counter()
 
-    jaccard = _jaccard_query_gallery(indptr, v_indices, v_data, num_query)
+    if device is not None:
+        jaccard = accel.jaccard_query_gallery(indptr, v_indices, v_data, num_query, device)
+    else:
+        jaccard = _jaccard_query_gallery(indptr, v_indices, v_data, num_query)
     raw_qg /= row_max[:num_query, None]  # the reference's original_dist[:query_num, query_num:]
     final = jaccard * np.float32(1 - lambda_value)
     final += raw_qg * np.float32(lambda_value)
