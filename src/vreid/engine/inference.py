@@ -108,7 +108,9 @@ class Embedder:
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.transform(im.convert("RGB")) for im in images[start:start + self.batch_size]])
-            feats = embed_batch(self.setup.model, batch.to(self.setup.device), **self.setup.options)
+            batch = torch.stack([self.transform.per_image(im.convert("RGB"))
+                                 for im in images[start:start + self.batch_size]])
+            batch = self.transform.per_batch(batch.to(self.setup.device))
+            feats = embed_batch(self.setup.model, batch, **self.setup.options)
             chunks.append(feats.cpu().numpy())
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
