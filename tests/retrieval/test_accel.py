@@ -77,3 +77,22 @@ def test_retrieval_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(VreidError, match="no CUDA device"):
             retrieval_device("cuda")
+
+
+def test_small_blocks_give_the_same_results(monkeypatch):
+    """Row blocks, Jaccard chunks, evaluation and search blocks split many times over: same numbers."""
+    from vreid.retrieval import accel
+
+    q, g = clustered(30, 200, 64, seed=6)
+    whole = k_reciprocal_rerank(q, g, 20, 6, 0.3, device="cpu")
+    distmat, qids, gids, qcams, gcams = random_problem(1)
+    feats, paths, vids, cams = _gallery()
+    index = GalleryIndex.from_features(feats, paths, vids, cams, engine="numpy")
+    queries = feats[:9] + 0.1
+    before = evaluate(distmat, qids, gids, qcams, gcams, device="cpu"), index.search(queries, 5, device="cpu")
+    monkeypatch.setattr(accel, "_BLOCK_ELEMENTS", {"cpu": 700, "cuda": 700})
+    np.testing.assert_allclose(k_reciprocal_rerank(q, g, 20, 6, 0.3, device="cpu"), whole, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(k_reciprocal_rerank(q, g, 20, 6, 0.3), whole, atol=1e-5, rtol=0)
+    after = evaluate(distmat, qids, gids, qcams, gcams, device="cpu"), index.search(queries, 5, device="cpu")
+    assert after[0]["mAP"] == before[0]["mAP"] and np.array_equal(after[0]["cmc"], before[0]["cmc"])
+    assert [[h.id for h in row] for row in after[1]] == [[h.id for h in row] for row in before[1]]

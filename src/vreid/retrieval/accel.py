@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 #: ``--device`` / TEST.RETRIEVAL_DEVICE choices.
 RETRIEVAL_DEVICES = ("auto", "cpu", "cuda")
-# Distance entries per row block of the neighbour pass and per Jaccard chunk: GPUs take large blocks.
-_BLOCK_ELEMENTS = {"cuda": 1 << 28, "cpu": 1 << 23}
+# Distance entries per row block (neighbour pass, evaluation, search) and the Jaccard chunk bound: a few GiB of
+# temporaries at most on a GPU (float32 block + int64 keys), tens of MiB on the CPU.
+_BLOCK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
 
 
 def retrieval_device(choice: str = "auto") -> str | None:
@@ -210,8 +211,7 @@ def true_match_ranks(distmat: np.ndarray, query_ids: np.ndarray, gallery_ids: np
         yield start, stop, rows.cpu().numpy(), positions.cpu().numpy()
 
 
-def top_k_similar(queries: np.ndarray, features: np.ndarray, k: int, device: str,
-                  block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def top_k_similar(queries: np.ndarray, features: np.ndarray, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product search on ``device``: per query the ``k`` highest scores and their gallery positions,
     best first, ties by position (as the numpy engine orders them)."""
     dev = torch.device(device)
@@ -219,6 +219,7 @@ def top_k_similar(queries: np.ndarray, features: np.ndarray, k: int, device: str
     scores_out = np.empty((len(queries), k), dtype=np.float32)
     index_out = np.empty((len(queries), k), dtype=np.int64)
     cols = torch.arange(len(features), device=dev)
+    block = max(1, _budget(dev) // max(len(features), 1))
     for s in range(0, len(queries), block):
         q = torch.from_numpy(np.ascontiguousarray(queries[s : s + block], dtype=np.float32)).to(dev)
         scores = q @ gallery.T
