@@ -4,13 +4,15 @@ The usual implementation (Luo Hao's port used by BoT/VOC, method.md §5.3) holds
 loops over rows in Python: ~22 GiB at CityFlowV2-test scale (perf-notes.md). This one computes the same numbers from
 
 * one pass of square distance tiles over the upper triangle (the matrix is symmetric, so each GEMM serves two row
-  blocks), keeping per row only its maximum and its nearest neighbours (``np.argpartition``),
+  blocks), keeping per row only its maximum and its nearest neighbours: a row's kept maximum bounds its final
+  k-th neighbour, so only the few tile entries under it are merged (:class:`_SmallestLists`), which keeps the
+  pass near the cost of its GEMMs (about 0.6 of the F F^T product every exact re-ranking needs),
 * vectorised k-reciprocal sets and their expansion on those neighbour lists,
 * V, its query expansion and the Jaccard distance as hand-built CSR/CSC arrays (the reference's "min-sum over
   the nonzeros" inverted index, vectorised per block of queries).
 
 Peak memory is the features, O((q+g)·k1) neighbour lists, O((q+g)·|expanded set|·k2) sparse entries, one tile and
-the (q, g) output.
+the (q, g) output. :mod:`vreid.retrieval.accel` runs the neighbour pass and the Jaccard stage on a GPU.
 
 Notation and equation numbers of the paper (arXiv 1701.08398): d(p, x) the "original" distance, N(p, k) the
 k-nearest neighbours (Eq. 1; the code takes k+1 entries, p itself included), R(p, k) the k-reciprocal neighbours
