@@ -29,12 +29,19 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
                    help="config overrides, e.g. DATASETS.ROOT_DIR /data OUTPUT_DIR out")
 
 
+def _add_retrieval_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where re-ranking, evaluation and search run "
+                   "(sets TEST.RETRIEVAL_DEVICE; default auto: CUDA when available, else numpy on the CPU)")
+
+
 def _config(args: argparse.Namespace):
-    """The config of a command; its ``--backend`` option, where it has one, is the override ``TEST.BACKEND``."""
+    """The config of a command; its ``--backend`` and ``--device`` options, where it has them, are the overrides
+    ``TEST.BACKEND`` and ``TEST.RETRIEVAL_DEVICE``."""
     from vreid.config import load_config
 
-    backend = getattr(args, "backend", None)
-    return load_config(args.config_file, [*args.opts, *(["TEST.BACKEND", backend] if backend else [])])
+    backend, device = getattr(args, "backend", None), getattr(args, "device", None)
+    return load_config(args.config_file, [*args.opts, *(["TEST.BACKEND", backend] if backend else []),
+                                          *(["TEST.RETRIEVAL_DEVICE", device] if device else [])])
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
@@ -246,10 +253,13 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from vreid.deploy.gallery import search_files
+    from vreid.retrieval.accel import retrieval_device
     from vreid.retrieval.index import GalleryIndex
 
     index = GalleryIndex.load(args.index)
-    results = search_files(index, _embedder(args, index), args.image, args.top_k)
+    embedder = _embedder(args, index)
+    device = retrieval_device(args.device or embedder.cfg.TEST.RETRIEVAL_DEVICE)
+    results = search_files(index, embedder, args.image, args.top_k, device=device)
     if args.json:
         print(json.dumps([{"query": q, "results": [h.to_dict() for h in hits]}
                           for q, hits in zip(args.image, results, strict=True)], indent=1))
@@ -457,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="evaluate TEST.WEIGHT on the test query/gallery; writes metrics.json")
     test.add_argument("--backend", choices=("torch", "onnxruntime"), help="sets TEST.BACKEND (default: auto, "
                       "onnxruntime for an .onnx TEST.WEIGHT)")
+    _add_retrieval_device_arg(test)
     _add_config_args(test, required=True)
     test.set_defaults(func=cmd_test)
 
@@ -483,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = sub.add_parser("rerank", help="k-reciprocal re-ranking (and fusion, tracks, QE) of saved features")
     rerank.add_argument("--features", required=True, help="folder with query.npz and gallery.npz")
     rerank.add_argument("--out", help="output folder (default OUTPUT_DIR)")
+    _add_retrieval_device_arg(rerank)
     _add_config_args(rerank)
     rerank.set_defaults(func=cmd_rerank)
 
@@ -572,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--image", required=True, action="append", help="query image file (repeat for several)")
     search.add_argument("--top-k", type=int, default=20)
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_retrieval_device_arg(search)
     _add_config_args(search)
     search.set_defaults(func=cmd_search)
 

@@ -131,7 +131,7 @@ _C.SOLVER.STEP_TAIL_GAMMA = 0.3  # cosine_step: decay factor of each tail epoch 
 _C.SOLVER.FREEZE_BACKBONE_EPOCHS = 0  # train only the head for this many first epochs (paper: 1), BN stats frozen
 _C.SOLVER.CLIP_GRAD_NORM = 0.0  # clip the global gradient norm to this (0 = off)
 _C.SOLVER.EMA_DECAY = 0.0  # exponential moving average of the weights (0 = off; e.g. 0.999)
-_C.SOLVER.AMP = "off"  # mixed precision: off | bf16 (CPU or GPU) | fp16 (GPU, with loss scaling)
+_C.SOLVER.AMP = "auto"  # precision: auto (GPU bf16/fp16; CPU bf16 if native else float32) | bf16 | fp16 | off/fp32
 _C.SOLVER.CHANNELS_LAST = True  # channels-last memory format (faster convolutions on CPU and GPU)
 _C.SOLVER.LOG_PERIOD = 20  # iterations between log lines
 _C.SOLVER.CHECKPOINT_ITERS = 200  # also checkpoint every this many iterations inside an epoch (0 = epoch ends only)
@@ -143,6 +143,7 @@ _C.TEST.IMS_PER_BATCH = 64  # batch size of feature extraction
 _C.TEST.FLIP = False  # average the features of the image and its mirror image
 _C.TEST.BACKEND = "auto"  # inference backend: auto (onnxruntime for an .onnx TEST.WEIGHT) | torch | onnxruntime
 _C.TEST.THREADS = 0  # CPU threads for inference (0 = the library's default)
+_C.TEST.RETRIEVAL_DEVICE = "auto"  # re-ranking and evaluation: auto (CUDA when available, else numpy) | cpu | cuda
 _C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | cosine
 _C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
 _C.TEST.QE = CN()
@@ -376,13 +377,14 @@ def validate(cfg: CN) -> None:
     from vreid.data.records import LABEL_KINDS
     from vreid.data.samplers import DOMAIN_EPOCHS
     from vreid.data.transforms import RESIZE_MODES
-    from vreid.engine.extract import AMP_DTYPES
     from vreid.engine.inference import BACKENDS
+    from vreid.engine.precision import AMP_CHOICES, AMP_DTYPES
     from vreid.losses.compose import FEATURE_KEYS, LOSS_NAMES
     from vreid.losses.malw import RECORD_MODES, UPDATE_RULES
     from vreid.models.build import HEADS, NECK_FEATS
     from vreid.models.classifiers import CLASSIFIERS
     from vreid.models.layers import MIX_DOMAIN, MIX_RANDOM, POOLINGS
+    from vreid.retrieval.accel import RETRIEVAL_DEVICES
 
     for name in cfg.DATASETS.TRAIN:
         if name not in DATASET_NAMES:
@@ -402,10 +404,11 @@ def validate(cfg: CN) -> None:
         "LOSSES.MALW.UPDATE": UPDATE_RULES,
         "SOLVER.OPTIMIZER": ("adam", "sgd"),
         "SOLVER.SCHEDULER": ("cosine", "cosine_step", "step"),
-        "SOLVER.AMP": tuple(AMP_DTYPES),
+        "SOLVER.AMP": AMP_CHOICES,
         "UNIT.AMP": tuple(AMP_DTYPES),
         "TEST.METRIC": ("euclidean", "cosine"),
         "TEST.BACKEND": BACKENDS,
+        "TEST.RETRIEVAL_DEVICE": RETRIEVAL_DEVICES,
         "DATALOADER.SAMPLER": ("pk", "pk_domain", "random"),
         "DATALOADER.DOMAIN_EPOCH": DOMAIN_EPOCHS,
         "INPUT.ERASING.VALUE": ("random", "zero"),

@@ -53,3 +53,27 @@ def test_featureset_round_trip_and_bad_file(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(VreidError, match="bad.npz: not a vreid feature file"):
         FeatureSet.load(tmp_path / "bad.npz")
+
+
+def test_batched_test_transform_gives_the_per_image_tensors(tmp_path):
+    """The loader's uint8 half + the per-batch float half == the whole pipeline applied image by image."""
+    from torchvision.transforms import v2
+
+    from vreid.config import load_config
+    from vreid.data.transforms import build_test_transform
+
+    cfg = load_config(None, ["INPUT.SIZE_TEST", "(20, 12)"])
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(5):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (30 + i, 17, 3), dtype=np.uint8)).save(path)
+        records.append(ImageRecord(path, str(i), "c1"))
+    transform = build_test_transform(cfg)
+    assert transform.per_image(Image.open(records[0].path).convert("RGB")).dtype == torch.uint8
+    reference = v2.Compose([v2.Resize((20, 12), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(mean=list(cfg.INPUT.PIXEL_MEAN), std=list(cfg.INPUT.PIXEL_STD))])
+    flat = nn.Flatten()
+    got = extract_features(flat, records, transform, batch_size=2, normalize=False, progress=False).features
+    expected = np.stack([flat(reference(Image.open(r.path).convert("RGB"))[None])[0].numpy() for r in records])
+    np.testing.assert_array_equal(got, expected)

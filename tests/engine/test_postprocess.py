@@ -117,3 +117,31 @@ def test_rerank_ensemble_submit_commands(tmp_path, caplog):
     out.write_text("\n".join(lines[:-1]) + "\n")
     assert main(["submit", "--check", str(out), "--root", str(tmp_path), "--top-k", "20"]) == EXIT_BAD_INPUT
     assert "track2.txt" in caplog.text
+
+
+def test_rerank_device_option(tmp_path, caplog, monkeypatch):
+    """--device cpu keeps the numpy path; the torch path (here on the CPU device) writes the same results;
+    --device cuda without a GPU stops with exit status 2 and a message."""
+    import torch
+
+    from vreid.cli import EXIT_BAD_INPUT
+    from vreid.engine import postprocess
+
+    folder, _, _ = feature_sets(tmp_path)
+
+    def rerank(out: str, *extra: str) -> int:
+        return main(["rerank", "--features", str(folder), "--out", str(tmp_path / out), *extra, "TEST.RERANK.K1", "5",
+                     "TEST.RERANK.K2", "2"])
+
+    assert rerank("np", "--device", "cpu") == 0
+    with monkeypatch.context() as m:
+        m.setattr(postprocess, "retrieval_device", lambda choice: "cpu")  # torch on the CPU device
+        assert rerank("torch") == 0
+    a = json.loads((tmp_path / "np" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "torch" / "metrics.json").read_text())
+    assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6) and a["rank1"] == b["rank1"]
+    np.testing.assert_allclose(np.load(tmp_path / "np" / "distance.npy"), np.load(tmp_path / "torch" / "distance.npy"),
+                               atol=1e-5)
+    if not torch.cuda.is_available():
+        assert rerank("gpu", "--device", "cuda") == EXIT_BAD_INPUT
+        assert "no CUDA device" in caplog.text

@@ -179,3 +179,26 @@ def test_invalid_arguments(features):
         k_reciprocal_rerank(np.zeros((2, 4)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="shape"):
         k_reciprocal_rerank(q, g, extra_distance=lambda r, c: np.zeros((1, 1)))
+
+
+def test_neighbour_lists_keep_the_stable_order_prefix():
+    """Tile-by-tile pruned selection == the first entries of a stable argsort of the whole row, ties and negative
+    values included (fused distances with negative weights can be < 0)."""
+    rng = np.random.default_rng(7)
+    n, keep, block = 90, 9, 16
+    d = rng.integers(-4, 5, size=(n, n)).astype(np.float32) / 4  # many exact ties
+    d = np.triu(d) + np.triu(d, 1).T
+    d[3, 5] = d[5, 3] = -0.0
+    lists = rerank._SmallestLists(n, keep, np.dtype(np.float32))
+    nb = -(-n // block)
+    for b in range(nb):
+        s = slice(b * block, (b + 1) * block)
+        lists.seed(d[s, s], b * block, b * block)
+    for bi in range(nb):
+        for bj in range(bi + 1, nb):
+            tile = d[bi * block : (bi + 1) * block, bj * block : (bj + 1) * block]
+            lists.offer_rows(tile, bi * block, bj * block)
+            lists.offer_columns(tile, bi * block, bj * block)
+    expected = np.argsort(d, axis=1, kind="stable")[:, :keep]
+    got = np.take_along_axis(lists.idx, np.lexsort((lists.idx, lists.vals), axis=1), axis=1)
+    np.testing.assert_array_equal(got, expected)

@@ -85,6 +85,8 @@ def add_images(index: GalleryIndex, embedder, records: Sequence[ImageRecord]) ->
     return _add(index, embedder.embed_records(records))
 
 
-def search_files(index: GalleryIndex, embedder, paths: Sequence[str | Path], top_k: int) -> list[list[Hit]]:
+def search_files(index: GalleryIndex, embedder, paths: Sequence[str | Path], top_k: int,
+                 device: str | None = None) -> list[list[Hit]]:
+    """Embed image files and search them (``device``: see :meth:`GalleryIndex.search`)."""
     images = [read_image(p) for p in paths]
-    return index.search(embedder.embed(images), top_k)
+    return index.search(embedder.embed(images), top_k, device=device)

@@ -7,8 +7,11 @@ same code path is tested without a GPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -51,6 +54,38 @@ def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return (t / info.world_size).tolist()
+
+
+T = TypeVar("T")
+
+
+def shard(items: Sequence[T], info: DistInfo) -> Sequence[T]:
+    """This rank's share of ``items``: every world_size-th item from position rank (sizes differ by at most 1)."""
+    return items[info.rank :: info.world_size] if info.distributed else items
+
+
+def gather_shards(local: np.ndarray, total: int, info: DistInfo) -> np.ndarray | None:
+    """Rows computed on the :func:`shard` of every rank -> all ``total`` rows in the original order, on rank 0
+    (``None`` on the others). ``local`` is (rows, dim) float32; a rank with no rows may pass any (0, d) array."""
+    if not info.distributed:
+        return local
+    comm = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    shape = torch.tensor([local.shape[0], local.shape[1] if local.shape[0] else 0], device=comm)
+    shapes = [torch.zeros_like(shape) for _ in range(info.world_size)]
+    dist.all_gather(shapes, shape)
+    counts = [int(s[0]) for s in shapes]
+    dim = max(int(s[1]) for s in shapes)
+    padded = torch.zeros((max(counts), dim), dtype=torch.float32, device=comm)
+    if local.shape[0]:
+        padded[: local.shape[0]] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32)).to(comm)
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)] if info.is_main else None
+    dist.gather(padded, parts, dst=0)
+    if not info.is_main:
+        return None
+    out = np.empty((total, dim), dtype=np.float32)
+    for rank, (part, count) in enumerate(zip(parts, counts, strict=True)):
+        out[rank::info.world_size] = part[:count].cpu().numpy()
+    return out
 
 
 def barrier(info: DistInfo) -> None:

@@ -24,8 +24,6 @@ from vreid.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # SOLVER.AMP / UNIT.AMP values
-
 
 @dataclass
 class FeatureSet:
@@ -114,16 +112,25 @@ def extract_features(
     channels_last: bool = False,
     progress: bool = True,
 ) -> FeatureSet:
-    """Embed ``records`` with ``model`` in eval mode (see :func:`embed_batch`)."""
+    """Embed ``records`` with ``model`` in eval mode (see :func:`embed_batch`).
+
+    A ``transform`` with ``per_image`` and ``per_batch`` halves (:class:`vreid.data.transforms.TestTransform`)
+    runs its first half in the loader and its second once per batch on ``device``.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(ImageDataset(records, transform), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=collate_images)
+    per_image, per_batch = getattr(transform, "per_image", transform), getattr(transform, "per_batch", None)
+    loader = torch.utils.data.DataLoader(ImageDataset(records, per_image), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=collate_images,
+                                         persistent_workers=False, pin_memory=device.type == "cuda")
     chunks = []
     try:
         for batch in tqdm(loader, desc="extract", disable=None if progress else True, leave=False):
-            feats = embed_batch(model, batch["image"].to(device), flip, normalize, amp_dtype, channels_last)
+            images = batch["image"].to(device, non_blocking=True)
+            if per_batch is not None:
+                images = per_batch(images)
+            feats = embed_batch(model, images, flip, normalize, amp_dtype, channels_last)
             chunks.append(feats.cpu())
     finally:
         model.train(was_training)

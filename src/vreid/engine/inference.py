@@ -18,7 +18,8 @@ from PIL import Image
 from vreid.data.records import ImageRecord
 from vreid.data.transforms import build_test_transform
 from vreid.engine.checkpoint import model_weights
-from vreid.engine.extract import AMP_DTYPES, FeatureSet, embed_batch, extract_features
+from vreid.engine.extract import FeatureSet, embed_batch, extract_features
+from vreid.engine.precision import amp_dtype
 from vreid.errors import ConfigError, VreidError
 from vreid.models import build_model
 
@@ -80,7 +81,7 @@ def inference_setup(cfg) -> InferenceSetup:
         device, amp, channels_last = torch.device("cpu"), None, False
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        amp = AMP_DTYPES[cfg.SOLVER.AMP]
+        amp = amp_dtype(cfg.SOLVER.AMP, device)
         channels_last = cfg.SOLVER.CHANNELS_LAST
         if cfg.TEST.THREADS:
             torch.set_num_threads(cfg.TEST.THREADS)
@@ -107,8 +108,9 @@ class Embedder:
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.transform(im if im.mode == "RGB" else im.convert("RGB"))  # no needless copy
+            batch = torch.stack([self.transform.per_image(im if im.mode == "RGB" else im.convert("RGB"))  # no needless copy
                                  for im in images[start:start + self.batch_size]])
-            feats = embed_batch(self.setup.model, batch.to(self.setup.device), **self.setup.options)
+            batch = self.transform.per_batch(batch.to(self.setup.device))
+            feats = embed_batch(self.setup.model, batch, **self.setup.options)
             chunks.append(feats.cpu().numpy())
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)

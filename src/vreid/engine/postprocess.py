@@ -20,6 +20,7 @@ from vreid.engine.extract import FeatureSet
 from vreid.errors import VreidError
 from vreid.fileio import atomic_write_text
 from vreid.retrieval import evaluate, evaluate_aic, k_reciprocal_rerank, pairwise_distance
+from vreid.retrieval.accel import retrieval_device
 from vreid.retrieval.query_expansion import average_query_expansion, database_augmentation
 from vreid.retrieval.tracks import average_track_features, track_rerank
 
@@ -67,7 +68,7 @@ def final_distance(cfg, query: FeatureSet, gallery: FeatureSet) -> np.ndarray:
         log.info("k-reciprocal re-ranking (k1 %d, k2 %d, lambda %.2f%s)", t.RERANK.K1, t.RERANK.K2, t.RERANK.LAMBDA,
                  ", fused with " + ", ".join(f"{w:+.2f}" for _, w in fusion) if fusion else "")
         return k_reciprocal_rerank(q_feat, g_feat, t.RERANK.K1, t.RERANK.K2, t.RERANK.LAMBDA,
-                                   extra_distance=fusion or None)
+                                   extra_distance=fusion or None, device=retrieval_device(t.RETRIEVAL_DEVICE))
     return pairwise_distance(q_feat, g_feat, metric=t.METRIC)
 
 
@@ -96,10 +97,11 @@ def protocol_cameras(query: FeatureSet, gallery: FeatureSet) -> tuple[Any, Any]:
 
 def metrics_from_distance(cfg, dist: np.ndarray, query: FeatureSet, gallery: FeatureSet) -> dict[str, Any]:
     """VeRi/Market-protocol mAP, CMC, mINP over the full ranking, and the AIC rank-100 mAP of the ranked list."""
-    full = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *protocol_cameras(query, gallery))
+    device = retrieval_device(cfg.TEST.RETRIEVAL_DEVICE)
+    full = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, *protocol_cameras(query, gallery), device=device)
     ranked = ranking(cfg, dist, gallery)
     aic = evaluate_aic(ranking_distance(ranked, len(gallery)), query.vehicle_ids, gallery.vehicle_ids,
-                       top_k=min(AIC_TOP_K, len(gallery)))
+                       top_k=min(AIC_TOP_K, len(gallery)), device=device)
     metrics = {"mAP": float(full["mAP"]), "mINP": float(full["mINP"]), "rank1": float(full["cmc"][0]),
                "rank5": float(full["cmc"][4]), "rank10": float(full["cmc"][9]),
                "num_query": int(full["num_query"]), "num_skipped": int(full["num_skipped"]),

@@ -1,7 +1,13 @@
-"""``vreid test``: trained weights -> features of the test query/gallery -> metrics, features, rank lists."""
+"""``vreid test``: trained weights -> features of the test query/gallery -> metrics, features, rank lists.
+
+``vreid test`` and ``vreid extract`` also run under ``torchrun`` (N processes per node, several nodes): each
+process embeds every N-th image, rank 0 gathers the features in the original order and writes the outputs,
+so the files equal those of a single process.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -12,7 +18,8 @@ import numpy as np
 
 from vreid.config import save_config
 from vreid.data.loader import load_test_dataset
-from vreid.data.records import GALLERY, QUERY
+from vreid.data.records import GALLERY, QUERY, ImageRecord
+from vreid.engine.distributed import DistInfo, cleanup, gather_shards, init_distributed, shard
 from vreid.engine.extract import FeatureSet
 from vreid.engine.inference import Embedder
 from vreid.engine.postprocess import (
@@ -48,10 +55,21 @@ def rank_rows(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, num_quer
     return [rank_row(query, gallery, dist, qi, top_k) for qi in range(min(num_queries, len(query)))]
 
 
+def embed_sharded(embedder: Embedder, records: Sequence[ImageRecord], info: DistInfo) -> FeatureSet | None:
+    """FeatureSet of ``records``, each process of a distributed job embedding its shard; the whole set, in the
+    order of ``records``, on rank 0 (``None`` on the others)."""
+    if not info.distributed:
+        return embedder.embed_records(records)
+    part = embedder.embed_records(shard(records, info))
+    features = gather_shards(part.features, len(records), info)
+    return None if features is None else FeatureSet.from_records(features, records)
+
+
 def extract_splits(
-    cfg, splits: Sequence[str] = (QUERY, GALLERY), require_labels: bool = False
+    cfg, splits: Sequence[str] = (QUERY, GALLERY), require_labels: bool = False, info: DistInfo | None = None
 ) -> dict[str, FeatureSet]:
-    """FeatureSets of the test dataset's splits with the model of ``TEST.WEIGHT``."""
+    """FeatureSets of the test dataset's splits with the model of ``TEST.WEIGHT`` (empty on the ranks other than 0
+    of a distributed job)."""
     dataset = load_test_dataset(cfg)
     records = {s: dataset.require_labels(s) if require_labels else dataset[s] for s in splits}
     for split, recs in records.items():
@@ -59,30 +77,53 @@ def extract_splits(
             raise VreidError(f"dataset {dataset.name!r} at {dataset.root} has no {split} images for test split "
                              f"{cfg.DATASETS.TEST_SPLIT!r}")
     embedder = Embedder(cfg)
-    return {split: embedder.embed_records(recs) for split, recs in records.items()}
+    info = info or DistInfo(0, 1, 0, embedder.setup.device)
+    out = {split: embed_sharded(embedder, recs, info) for split, recs in records.items()}
+    return {split: fs for split, fs in out.items() if fs is not None}
 
 
-def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY) -> Path:
+def _distributed(run):
+    """Run ``run(cfg, ..., info=...)`` inside the process group torchrun describes (a plain call otherwise)."""
+
+    @functools.wraps(run)
+    def wrapper(cfg, *args, **kwargs):
+        info = init_distributed()
+        try:
+            return run(cfg, *args, info=info, **kwargs)
+        finally:
+            cleanup(info)
+
+    return wrapper
+
+
+@_distributed
+def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY, *, info: DistInfo) -> Path | None:
     """``vreid extract --images DIR``: every image under DIR -> ``OUTPUT_DIR/<name>.npz`` (ids from the file names
-    when ``DATASETS.FOLDER_PATTERN`` matches them, else empty)."""
+    when ``DATASETS.FOLDER_PATTERN`` matches them, else empty). Rank 0 writes and returns the path."""
     from vreid.data.formats.folder import image_records
 
     records = image_records(folder, cfg.DATASETS.FOLDER_PATTERN)
     out = Path(cfg.OUTPUT_DIR)
+    features = embed_sharded(Embedder(cfg), records, info)
+    if features is None:
+        return None
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    features = Embedder(cfg).embed_records(records)
     path = features.save(out / f"{name}.npz")
     log.info("%d images of %s embedded: %s", len(features), folder, path)
     return path
 
 
-def run_extract(cfg, splits: Sequence[str] = (QUERY, GALLERY)) -> dict[str, Path]:
-    """``vreid extract``: one FeatureSet file per split, ``OUTPUT_DIR/<split>.npz``."""
+@_distributed
+def run_extract(cfg, splits: Sequence[str] = (QUERY, GALLERY), *, info: DistInfo) -> dict[str, Path]:
+    """``vreid extract``: one FeatureSet file per split, ``OUTPUT_DIR/<split>.npz`` (written by rank 0)."""
     out = Path(cfg.OUTPUT_DIR)
+    features = extract_splits(cfg, splits, info=info)
+    if not info.is_main:
+        return {}
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    paths = {split: fs.save(out / f"{split}.npz") for split, fs in extract_splits(cfg, splits).items()}
+    paths = {split: fs.save(out / f"{split}.npz") for split, fs in features.items()}
     for split, path in paths.items():
         log.info("%s features: %s", split, path)
     return paths
@@ -109,12 +150,16 @@ def report(cfg, query: FeatureSet, gallery: FeatureSet, out: Path) -> dict[str, 
     return metrics
 
 
-def run_test(cfg) -> dict[str, Any]:
-    """``vreid test``: extract the labelled query/gallery, post-process, evaluate, report."""
+@_distributed
+def run_test(cfg, *, info: DistInfo) -> dict[str, Any]:
+    """``vreid test``: extract the labelled query/gallery, post-process, evaluate, report (rank 0; the other ranks
+    of a distributed job only extract and return an empty dict)."""
     out = Path(cfg.OUTPUT_DIR)
+    features = extract_splits(cfg, require_labels=True, info=info)
+    if not info.is_main:
+        return {}
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    features = extract_splits(cfg, require_labels=True)
     query, gallery = features[QUERY], features[GALLERY]
     query.save(out / QUERY_FILE)
     gallery.save(out / GALLERY_FILE)

@@ -29,9 +29,10 @@ from vreid.data.transforms import build_test_transform, build_train_transform
 from vreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_final_weights, set_rng_state
 from vreid.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from vreid.engine.ema import ModelEMA
-from vreid.engine.extract import AMP_DTYPES, extract_features
+from vreid.engine.extract import extract_features
 from vreid.engine.optim import build_optimizer, lr_factor_from_config, set_lr
 from vreid.engine.postprocess import protocol_cameras
+from vreid.engine.precision import amp_dtype as resolve_amp_dtype
 from vreid.errors import VreidError
 from vreid.fileio import atomic_write_text
 from vreid.losses import build_criterion
@@ -147,7 +148,7 @@ def _train(cfg, resume: bool, info: DistInfo) -> dict[str, Any]:
 
     torch.manual_seed(cfg.SEED)  # identical initial weights on every rank
     data = prepare_training_data(cfg)
-    device, amp_dtype = info.device, AMP_DTYPES[cfg.SOLVER.AMP]
+    device, amp_dtype = info.device, resolve_amp_dtype(cfg.SOLVER.AMP, info.device)
     if amp_dtype is torch.float16 and device.type != "cuda":
         raise VreidError("SOLVER.AMP fp16 needs a GPU (float16 matrix products are slow on CPUs): use bf16")
     model = build_model(cfg, data.num_classes).to(device)

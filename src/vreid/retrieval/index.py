@@ -188,8 +188,12 @@ class GalleryIndex:
         self.hidden = set()
         return index
 
-    def search(self, queries: np.ndarray, top_k: int = 20) -> list[list[Hit]]:
-        """The ``top_k`` most similar gallery images of every query, best first."""
+    def search(self, queries: np.ndarray, top_k: int = 20, device: str | None = None) -> list[list[Hit]]:
+        """The ``top_k`` most similar gallery images of every query, best first.
+
+        ``device``: a torch device ("cuda") for the exact numpy engine's products and top-k
+        (:mod:`vreid.retrieval.accel`); ``None`` (default) computes them with numpy.
+        """
         queries = _unit(queries, "search")
         if queries.shape[1] != self.dim:
             raise VreidError(f"search: queries have {queries.shape[1]} dimensions, the index {self.dim}")
@@ -198,7 +202,13 @@ class GalleryIndex:
         k = min(top_k, len(self))
         if k == 0:
             return [[] for _ in queries]
-        if self.engine == "numpy":
+        if self.engine == "numpy" and device is not None:
+            from vreid.retrieval.accel import top_k_similar
+
+            scores, found = top_k_similar(queries, self.features, k, device)
+            rows = [[(int(self.ids[j]), float(v)) for v, j in zip(srow, irow, strict=True)]
+                    for srow, irow in zip(scores, found, strict=True)]
+        elif self.engine == "numpy":
             rows = []
             block = max(1, min(1024, NUMPY_BLOCK_BYTES // (16 * len(self))))  # scores + argpartition, bounded
             for start in range(0, len(queries), block):

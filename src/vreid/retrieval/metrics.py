@@ -136,6 +136,15 @@ def _true_match_ranks(
         yield start, stop, rows, positions
 
 
+def _match_ranks(distmat, query_ids, gallery_ids, cameras, block_rows, device: str | None):
+    """:func:`_true_match_ranks` with numpy (``device`` None) or on a torch device."""
+    if device is None:
+        return _true_match_ranks(distmat, query_ids, gallery_ids, cameras, block_rows)
+    from vreid.retrieval import accel
+
+    return accel.true_match_ranks(distmat, query_ids, gallery_ids, cameras, block_rows, device)
+
+
 def _row_bounds(rows: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-row true-match counts and the offset of each row's first entry in the (row-sorted) match list."""
     counts = np.bincount(rows, minlength=num_rows)
@@ -175,6 +184,7 @@ def evaluate(
     max_rank: int = 50,
     *,
     block_rows: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """mAP, mINP and CMC of a (q, g) distance matrix under the VeRi/Market protocol (smaller = more similar).
 
@@ -188,7 +198,8 @@ def evaluate(
     Returns ``mAP``, ``mINP``, ``rank1``, ``rank5``, ``rank10`` (floats in [0, 1]), ``cmc`` (float64, length
     ``max_rank``), ``num_query`` (queries evaluated), ``num_skipped``, and per query ``ap``, ``inp`` (NaN when
     skipped) and ``first_match_rank`` (0-based, -1 when skipped). Raises ValueError if every query is skipped.
-    ``block_rows`` (queries sorted at once) only trades memory for speed.
+    ``block_rows`` (queries sorted at once) only trades memory for speed. ``device``: a torch device ("cuda") that
+    sorts the rows (:mod:`vreid.retrieval.accel`); ``None`` (default) sorts with numpy.
     """
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
@@ -197,7 +208,7 @@ def evaluate(
     ap = np.full(num_query, np.nan)
     inp = np.full(num_query, np.nan)
     first = np.full(num_query, -1, dtype=np.int64)
-    for start, stop, rows, ranks in _true_match_ranks(distmat, q_ids, g_ids, cameras, block_rows):
+    for start, stop, rows, ranks in _match_ranks(distmat, q_ids, g_ids, cameras, block_rows, device):
         counts, offsets = _row_bounds(rows, stop - start)
         valid = counts > 0
         nth_match = np.arange(1, len(rows) + 1) - offsets[rows]  # 1-based index of each match within its row
@@ -240,6 +251,7 @@ def evaluate_aic(
     top_k: int = 100,
     *,
     block_rows: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """AI City Track 2 rank-K mAP: AP truncated at rank ``top_k`` (the server scores a submitted top-100 list).
 
@@ -259,7 +271,7 @@ def evaluate_aic(
     num_query = distmat.shape[0]
     ap = np.full(num_query, np.nan)
     first = np.full(num_query, -1, dtype=np.int64)
-    for start, stop, rows, ranks in _true_match_ranks(distmat, q_ids, g_ids, cameras, block_rows):
+    for start, stop, rows, ranks in _match_ranks(distmat, q_ids, g_ids, cameras, block_rows, device):
         counts, offsets = _row_bounds(rows, stop - start)
         nth_match = np.arange(1, len(rows) + 1) - offsets[rows]
         precision = np.where(ranks < top_k, nth_match / (ranks + 1.0), 0.0)

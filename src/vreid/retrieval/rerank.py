@@ -5,13 +5,15 @@ loops over rows in Python: ~22 GiB at CityFlowV2-test scale (each dense 32,341²
 computes the same numbers from
 
 * one pass of square distance tiles over the upper triangle (the matrix is symmetric, so each GEMM serves two row
-  blocks), keeping per row only its maximum and its nearest neighbours (``np.argpartition``),
+  blocks), keeping per row only its maximum and its nearest neighbours: a row's kept maximum bounds its final
+  k-th neighbour, so only the few tile entries under it are merged (:class:`_SmallestLists`), which keeps the
+  pass near the cost of its GEMMs (about 0.6 of the F F^T product every exact re-ranking needs),
 * vectorised k-reciprocal sets and their expansion on those neighbour lists,
 * V, its query expansion and the Jaccard distance as hand-built CSR/CSC arrays (the reference's "min-sum over
   the nonzeros" inverted index, vectorised per block of queries).
 
 Peak memory is the features, O((q+g)·k1) neighbour lists, O((q+g)·|expanded set|·k2) sparse entries, one tile and
-the (q, g) output.
+the (q, g) output. :mod:`vreid.retrieval.accel` runs the neighbour pass and the Jaccard stage on a GPU.
 
 Notation and equation numbers of the paper (arXiv 1701.08398): d(p, x) the "original" distance, N(p, k) the
 k-nearest neighbours (Eq. 1; the code takes k+1 entries, p itself included), R(p, k) the k-reciprocal neighbours
@@ -39,6 +41,8 @@ ExtraDistance = ExtraDistanceFn | Sequence[tuple[np.ndarray, float]] | tuple[np.
 # CityFlow scale) and elements per chunk of gathered sparse entries.
 _CHUNK_ROWS = 1024
 _CHUNK_ELEMENTS = 1 << 26
+# Neighbour-list entries kept beyond the ones the algorithm reads (see the tie check in k_reciprocal_rerank).
+_MARGIN = 8
 
 
 def k_reciprocal_rerank(
@@ -51,6 +55,7 @@ def k_reciprocal_rerank(
     extra_distance: ExtraDistance | None = None,
     block: int = 2048,
     dtype: DTypeLike = np.float32,
+    device: str | None = None,
 ) -> np.ndarray:
     """Re-ranked (q, g) float32 distances d* (Eq. 12) between ``query_features`` (q, d) and ``gallery_features`` (g, d).
 
@@ -95,6 +100,9 @@ def k_reciprocal_rerank(
 
     ``block`` is the tile edge (rows and columns per GEMM); ``dtype`` the arithmetic of the distances (float32;
     float64 for checks). Memory never holds an N x N array; see the module docstring.
+
+    ``device``: a torch device ("cuda") to run the neighbour pass and the Jaccard stage on (float32; see
+    :mod:`vreid.retrieval.accel`); ``None``, the default, is this numpy implementation.
     """
     start_time = time.perf_counter()
     if k1 < 1 or k2 < 1:
@@ -121,10 +129,23 @@ def k_reciprocal_rerank(
 
     half = int(np.around(k1 / 2))
     need = min(max(k1 + 1, half + 1, k2), n)  # longest prefix of initial_rank the algorithm reads
-    keep = min(need + 1, n)  # one more: tells whether a tie at the boundary could fall outside the kept ones
+    # a few more: a tie of normalised distances across the boundary (rare, then those rows are recomputed)
+    keep = min(need + _MARGIN, n)
 
     # Pass 1: neighbour lists, row maxima and the raw query x gallery distances, one tile at a time.
-    ranks, dists, row_max, raw_qg = _neighbours(terms, extra_fn, n, num_query, keep, block, dtype)
+    if device is not None:
+        from vreid.retrieval import accel
+
+        if dtype != np.float32:
+            raise ValueError(f"dtype {dtype} needs the numpy path (device=None); torch devices compute in float32")
+        ranks, dists, row_max, raw_qg, exact_rows = accel.rerank_neighbours(terms, extra_fn, n, num_query, keep,
+                                                                           device)
+    else:
+        ranks, dists, row_max, raw_qg = _neighbours(terms, extra_fn, n, num_query, keep, block, dtype)
+
+        def exact_rows(rows: np.ndarray, row_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return _exact_rows(rows, terms, extra_fn, n, keep, block, row_max, dtype)
+
     if not np.all(row_max > 0):
         raise ValueError("the (fused) original distance has a row whose maximum is <= 0; cannot normalise it")
     dists /= row_max[:, None]
@@ -133,7 +154,7 @@ def k_reciprocal_rerank(
         ties = np.flatnonzero(dists[:, need - 1] == dists[:, keep - 1])
         if ties.size:
             log.info("%d rows have ties at the neighbour-list boundary: recomputing them in full", ties.size)
-            ranks[ties], dists[ties] = _exact_rows(ties, terms, extra_fn, n, keep, block, row_max, dtype)
+            ranks[ties], dists[ties] = exact_rows(ties, row_max)
     t_pass1 = time.perf_counter()
 
     # k-reciprocal sets (Eq. 2) and the expanded sets R* (Eq. 3).
@@ -155,7 +176,10 @@ def k_reciprocal_rerank(
         indptr, v_indices, v_data = _query_expansion(indptr, v_indices, v_data, ranks[:, : min(k2, n)])
     t_v = time.perf_counter()
 
-    jaccard = _jaccard_query_gallery(indptr, v_indices, v_data, num_query)
+    if device is not None:
+        jaccard = accel.jaccard_query_gallery(indptr, v_indices, v_data, num_query, device)
+    else:
+        jaccard = _jaccard_query_gallery(indptr, v_indices, v_data, num_query)
     raw_qg /= row_max[:num_query, None]  # the reference's original_dist[:query_num, query_num:]
     final = jaccard * np.float32(1 - lambda_value)
     final += raw_qg * np.float32(lambda_value)
@@ -209,6 +233,24 @@ def _parse_extra(
 # distances
 
 
+def _row_operand(x: np.ndarray, sq: np.ndarray, w: float, rows: slice) -> np.ndarray:
+    """``w * [-2 x_r, 1, |x_r|²]``: the left GEMM operand of a term's rows (see :func:`_fused_block`)."""
+    out = np.empty((rows.stop - rows.start, x.shape[1] + 2), dtype=x.dtype)
+    np.multiply(x[rows], x.dtype.type(-2 * w), out=out[:, :-2])
+    out[:, -2] = w
+    np.multiply(sq[rows], x.dtype.type(w), out=out[:, -1])
+    return out
+
+
+def _col_operand(x: np.ndarray, sq: np.ndarray, cols: slice) -> np.ndarray:
+    """``[x_c, |x_c|², 1]``: the right GEMM operand of a term's columns."""
+    out = np.empty((cols.stop - cols.start, x.shape[1] + 2), dtype=x.dtype)
+    out[:, :-2] = x[cols]
+    out[:, -2] = sq[cols]
+    out[:, -1] = 1
+    return out
+
+
 def _fused_block(
     terms: list[tuple[np.ndarray, np.ndarray, float]],
     extra_fn: ExtraDistanceFn | None,
@@ -219,19 +261,17 @@ def _fused_block(
 ) -> np.ndarray:
     """Raw fused distance block: sum of weight * clamped squared Euclidean terms (+ callable).
 
-    Each term is ``(-2 x_r) @ x_c.T + |x_r|² + |x_c|²`` (scaling by -2 is exact, so this equals the usual
-    ``|a|² + |b|² - 2a·b`` bit for bit and saves a pass); ``row_ops`` are the ``-2 x[rows]`` of the terms when the
-    caller reuses them across tiles. ``diagonal``: rows and cols are the same range, the self-distances are 0.
+    Each term is ONE GEMM of augmented operands, ``w [-2 x_r, 1, |x_r|²] @ [x_c, |x_c|², 1]^T`` =
+    ``w (|x_r|² + |x_c|² - 2 x_r·x_c)``: the norms ride along as two extra columns, so no pass over the tile adds
+    them, and only the clamp of cancellation negatives (towards 0 from the weight's side) remains. ``row_ops`` are
+    the left operands of the terms when the caller reuses them across tiles. ``diagonal``: rows and cols are the
+    same range, the self-distances are 0.
     """
     out = None
     for k, (x, sq, w) in enumerate(terms):
-        a = row_ops[k] if row_ops is not None else x[rows] * x.dtype.type(-2)
-        d = a @ x[cols].T
-        d += sq[rows][:, None]
-        d += sq[cols][None, :]
-        np.maximum(d, 0, out=d)
-        if w != 1.0:
-            d *= d.dtype.type(w)
+        a = row_ops[k] if row_ops is not None else _row_operand(x, sq, w, rows)
+        d = a @ _col_operand(x, sq, cols).T
+        (np.maximum if w >= 0 else np.minimum)(d, 0, out=d)
         if out is None:
             out = d
         else:
@@ -246,67 +286,131 @@ def _fused_block(
     return out
 
 
+def _mirror_upper(d: np.ndarray, step: int = 256) -> None:
+    """Copy the upper triangle of the square ``d`` onto its lower one (in place), panel by panel."""
+    m = d.shape[0]
+    for i in range(0, m, step):
+        sub = d[i : i + step, i : i + step]
+        sub[...] = np.triu(sub) + np.triu(sub, 1).T
+        for j in range(i + step, m, step):
+            d[j : j + step, i : i + step] = d[i : i + step, j : j + step].T
+
+
 def _tile(terms, extra_fn, n: int, block: int, bi: int, bj: int, row_ops=None) -> np.ndarray:
     """Tile (bi, bj), bi <= bj, of the raw fused distance; diagonal tiles mirrored so the matrix is symmetric."""
     rows = slice(bi * block, min(n, (bi + 1) * block))
     cols = slice(bj * block, min(n, (bj + 1) * block))
     d = _fused_block(terms, extra_fn, rows, cols, diagonal=bi == bj, row_ops=row_ops)
     if bi == bj:
-        d = np.triu(d) + np.triu(d, 1).T
+        _mirror_upper(d)
     return d
 
 
-def _transpose(a: np.ndarray, step: int = 64) -> np.ndarray:
-    """Contiguous transpose by 64 x 64 panels: ~3x faster than ``np.ascontiguousarray(a.T)`` on 2048² tiles."""
-    out = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
-    for i in range(0, a.shape[0], step):
-        for j in range(0, a.shape[1], step):
-            out[j : j + step, i : i + step] = a[i : i + step, j : j + step].T
-    return out
+def _order_keys(values: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """uint64 keys that sort float32 ``values`` ascending and ties by column: the stable-sort order in one integer.
+
+    The float's bits are made monotone (sign bit flipped for values >= 0, all bits for negatives; -0.0 is first
+    turned into 0.0, which compares equal to it) and the column fills the low 32 bits.
+    """
+    bits = (values + np.float32(0)).view(np.uint32)
+    bits = bits ^ np.where(bits >> np.uint32(31), np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    return (bits.astype(np.uint64) << np.uint64(32)) | (cols.astype(np.uint64) & np.uint64(0xFFFFFFFF))
 
 
-def _merge_smallest(vals: np.ndarray, idx: np.ndarray, tile: np.ndarray, col0: int) -> None:
-    """Merge the ``vals.shape[1]`` smallest entries of each tile row into the running lists (in place)."""
-    keep = vals.shape[1]
-    if tile.shape[1] > keep:
-        part = np.argpartition(tile, keep - 1, axis=1)[:, :keep]
-        cand_v = np.take_along_axis(tile, part, axis=1)
-    else:
-        part = np.broadcast_to(np.arange(tile.shape[1]), tile.shape)
-        cand_v = tile
-    all_v = np.concatenate([vals, cand_v], axis=1)
-    all_i = np.concatenate([idx, part + col0], axis=1)
-    sel = np.argpartition(all_v, keep - 1, axis=1)[:, :keep]
-    vals[...] = np.take_along_axis(all_v, sel, axis=1)
-    idx[...] = np.take_along_axis(all_i, sel, axis=1)
+def _first_in_order(vals: np.ndarray, idx: np.ndarray, keep: int) -> np.ndarray:
+    """Positions (per row, unordered) of the ``keep`` first entries in (value, index) order."""
+    if keep >= vals.shape[1]:
+        return np.broadcast_to(np.arange(vals.shape[1]), vals.shape)
+    if vals.dtype == np.float32:
+        return np.argpartition(_order_keys(vals, idx), keep - 1, axis=1)[:, :keep]
+    return np.lexsort((idx, vals), axis=1)[:, :keep]  # float64 (checks): a full sort
+
+
+class _SmallestLists:
+    """The ``keep`` first (value, column) pairs in stable-sort order seen so far in every row, fed tile by tile.
+
+    A row's largest kept value bounds its final keep-th smallest from above (the keep-th smallest of any subset is
+    at least that of the whole row), so only tile entries <= it can still enter: one comparison pass and
+    ``np.nonzero`` find them and only those few are merged, instead of a partial sort of every tile row. Ties are
+    resolved by the column, so the kept set is exactly the first ``keep`` of the row's stable order.
+    """
+
+    def __init__(self, n: int, keep: int, dtype: np.dtype):
+        self.keep = keep
+        self.vals = np.full((n, keep), np.inf, dtype=dtype)
+        self.idx = np.full((n, keep), np.iinfo(np.int32).max, dtype=np.int64)
+        self.bound = np.full(n, np.inf, dtype=dtype)
+
+    def seed(self, tile: np.ndarray, r0: int, c0: int) -> None:
+        """First tile of rows r0.. (their lists are empty): a partial sort of every row."""
+        cols = np.broadcast_to(np.arange(c0, c0 + tile.shape[1]), tile.shape)
+        sel = _first_in_order(tile, cols, self.keep)
+        rows = slice(r0, r0 + tile.shape[0])
+        width = sel.shape[1]
+        self.vals[rows, :width] = np.take_along_axis(tile, sel, axis=1)
+        self.idx[rows, :width] = np.take_along_axis(cols, sel, axis=1)
+        self.bound[rows] = self.vals[rows].max(axis=1)
+
+    def offer_rows(self, tile: np.ndarray, r0: int, c0: int) -> None:
+        """Entries of ``tile`` (rows r0.., columns c0..) for its rows."""
+        rr, cc = np.nonzero(tile <= self.bound[r0 : r0 + tile.shape[0], None])
+        self._merge(rr + r0, cc + c0, tile[rr, cc])
+
+    def offer_columns(self, tile: np.ndarray, r0: int, c0: int) -> None:
+        """Entries of ``tile`` for the rows its columns stand for (the mirrored tile of a symmetric matrix)."""
+        rr, cc = np.nonzero(tile <= self.bound[None, c0 : c0 + tile.shape[1]])
+        order = np.argsort(cc, kind="stable")
+        rr, cc = rr[order], cc[order]
+        self._merge(cc + c0, rr + r0, tile[rr, cc])
+
+    def _merge(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        """Merge candidates (rows sorted) into the lists of their rows."""
+        if rows.size == 0:
+            return
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        uniq = rows[starts]
+        counts = np.diff(np.append(starts, rows.size))
+        keep, width = self.keep, self.keep + int(counts.max())
+        all_v = np.full((uniq.size, width), np.inf, dtype=self.vals.dtype)
+        all_i = np.full((uniq.size, width), np.iinfo(np.int32).max, dtype=np.int64)
+        all_v[:, :keep] = self.vals[uniq]
+        all_i[:, :keep] = self.idx[uniq]
+        group = np.repeat(np.arange(uniq.size), counts)
+        slot = keep + np.arange(rows.size) - np.repeat(starts, counts)
+        all_v[group, slot] = values
+        all_i[group, slot] = cols
+        sel = _first_in_order(all_v, all_i, keep)
+        self.vals[uniq] = np.take_along_axis(all_v, sel, axis=1)
+        self.idx[uniq] = np.take_along_axis(all_i, sel, axis=1)
+        self.bound[uniq] = self.vals[uniq].max(axis=1)
 
 
 def _neighbours(terms, extra_fn, n: int, num_query: int, keep: int, block: int, dtype: np.dtype):
     """Pass over the upper-triangle tiles: the ``keep`` smallest raw distances per row (unordered), row maxima,
-    and the raw query x gallery block."""
-    vals = np.full((n, keep), np.inf, dtype=dtype)
-    idx = np.full((n, keep), -1, dtype=np.int64)
+    and the raw query x gallery block. Diagonal tiles go first, so every row has a bound before the others."""
+    lists = _SmallestLists(n, keep, dtype)
     row_max = np.full(n, -np.inf, dtype=dtype)
     raw_qg = np.empty((num_query, n - num_query), dtype=np.float32)
     nb = -(-n // block)
-    for bi in range(nb):
+    order = [(b, b) for b in range(nb)] + [(bi, bj) for bi in range(nb) for bj in range(bi + 1, nb)]
+    row_ops, ops_block = None, -1
+    for bi, bj in order:
         r0, r1 = bi * block, min(n, (bi + 1) * block)
-        row_ops = [x[r0:r1] * x.dtype.type(-2) for x, _, _ in terms]
-        for bj in range(bi, nb):
-            c0, c1 = bj * block, min(n, (bj + 1) * block)
-            d = _tile(terms, extra_fn, n, block, bi, bj, row_ops)
-            _merge_smallest(vals[r0:r1], idx[r0:r1], d, c0)
-            np.maximum(row_max[r0:r1], d.max(axis=1), out=row_max[r0:r1])
-            if bj != bi:
-                dt = _transpose(d)
-                _merge_smallest(vals[c0:c1], idx[c0:c1], dt, r0)
-                np.maximum(row_max[c0:c1], dt.max(axis=1), out=row_max[c0:c1])
-            # query rows x gallery columns (always in tiles with bi <= bj)
-            qr1 = min(r1, num_query)
-            gc0 = max(c0, num_query)
-            if r0 < qr1 and gc0 < c1:
-                raw_qg[r0:qr1, gc0 - num_query : c1 - num_query] = d[: qr1 - r0, gc0 - c0 :]
-    return idx, vals, row_max, raw_qg
+        c0, c1 = bj * block, min(n, (bj + 1) * block)
+        if ops_block != bi:
+            row_ops, ops_block = [_row_operand(x, sq, w, slice(r0, r1)) for x, sq, w in terms], bi
+        d = _tile(terms, extra_fn, n, block, bi, bj, row_ops)
+        (lists.seed if bi == bj else lists.offer_rows)(d, r0, c0)
+        np.maximum(row_max[r0:r1], d.max(axis=1), out=row_max[r0:r1])
+        if bj != bi:
+            lists.offer_columns(d, r0, c0)
+            np.maximum(row_max[c0:c1], d.max(axis=0), out=row_max[c0:c1])
+        # query rows x gallery columns (always in tiles with bi <= bj)
+        qr1 = min(r1, num_query)
+        gc0 = max(c0, num_query)
+        if r0 < qr1 and gc0 < c1:
+            raw_qg[r0:qr1, gc0 - num_query : c1 - num_query] = d[: qr1 - r0, gc0 - c0 :]
+    return lists.idx, lists.vals, row_max, raw_qg
 
 
 def _sort_rows(ranks: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -455,7 +559,7 @@ def _query_expansion(indptr, indices, data, neighbours: np.ndarray):
         pos = _ranges(indptr[nb], lengths)
         local = np.repeat(np.repeat(np.arange(e - s, dtype=np.int64), k2), lengths)
         keys = local * n + indices[pos]
-        order = np.argsort(keys)
+        order = np.argsort(keys, kind="stable")  # k2 sorted runs per row: timsort merges them
         keys = keys[order]
         first = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
         sums = np.add.reduceat(data[pos][order].astype(np.float64), first)

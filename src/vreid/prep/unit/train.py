@@ -36,7 +36,7 @@ from PIL import Image
 from vreid.data.formats.common import IMAGE_SUFFIXES
 from vreid.data.images import read_image
 from vreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from vreid.engine.extract import AMP_DTYPES
+from vreid.engine.precision import AMP_DTYPES
 from vreid.errors import ConfigError, VreidError
 from vreid.fileio import atomic_write_bytes, atomic_write_text
 from vreid.prep.unit.losses import (
