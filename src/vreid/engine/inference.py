@@ -108,7 +108,8 @@ class Embedder:
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.transform.per_image(im if im.mode == "RGB" else im.convert("RGB"))  # no needless copy
+            # no needless copy of an image that is already RGB
+            batch = torch.stack([self.transform.per_image(im if im.mode == "RGB" else im.convert("RGB"))
                                  for im in images[start:start + self.batch_size]])
             batch = self.transform.per_batch(batch.to(self.setup.device))
             feats = embed_batch(self.setup.model, batch, **self.setup.options)
