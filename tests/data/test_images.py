@@ -43,3 +43,32 @@ def test_skip_unreadable_drops_counts_and_reports(tmp_path):
         report.update(batch)
     assert report.count == 1 and report.paths == [str(paths[2])]
     assert report.report() == 1
+
+
+def _png(width: int, height: int, pixel_data: bool) -> bytes:
+    """A PNG claiming width x height, written by hand from the format: signature, IHDR, [IDAT], IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(bytes(100))) if pixel_data else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("pixel_data", [True, False])
+def test_a_png_claiming_too_many_pixels_is_too_large_even_without_pixel_data(tmp_path, pixel_data):
+    import io
+
+    from vreid.data.images import ImageTooLarge, NotAnImage, decode_image
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(100_000, 100_000, pixel_data))
+    for source in (path, io.BytesIO(path.read_bytes())):
+        with pytest.raises(ImageTooLarge, match="100000x100000|10000000000 pixels"):
+            decode_image(source, "bomb.png", max_pixels=1_000_000)
+    path.write_bytes(_png(10, 10, pixel_data=False))  # small and without pixels: simply not a readable image
+    with pytest.raises(NotAnImage):
+        decode_image(path, "small.png", max_pixels=1_000_000)

@@ -59,6 +59,26 @@ class ImageHeader:
         return self.width * self.height
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _claimed_png_size(source: str | Path | BinaryIO) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, read by hand: Pillow refuses a PNG that has a header but no pixel
+    data at all, yet what it claims still decides between "too large" (413) and "not an image" (415)."""
+    try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as f:
+                head = f.read(24)
+        else:
+            source.seek(0)
+            head = source.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def _open(source: str | Path | BinaryIO, name: str | Path, max_pixels: int) -> Image.Image:
     """Open (header only) with the allowed decoders; any failure becomes a DatasetError naming ``name``."""
     try:
@@ -69,9 +89,13 @@ def _open(source: str | Path | BinaryIO, name: str | Path, max_pixels: int) -> I
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         what = f"image of {claimed.group(1)} pixels" if claimed else "image"
         raise ImageTooLarge(f"{what} has more than {max_pixels} pixels", path=name) from None
-    except UnidentifiedImageError:
-        raise NotAnImage(f"unreadable image (not a {FORMAT_NAMES} file)", path=name) from None
     except Exception as exc:  # a decoder's parser can raise nearly anything (struct.error, IndexError, ...)
+        claimed = _claimed_png_size(source)
+        if claimed is not None and claimed[0] * claimed[1] > max_pixels:
+            raise ImageTooLarge(f"image {claimed[0]}x{claimed[1]} has more than {max_pixels} pixels",
+                                path=name) from None
+        if isinstance(exc, UnidentifiedImageError):
+            raise NotAnImage(f"unreadable image (not a {FORMAT_NAMES} file)", path=name) from None
         raise NotAnImage(f"unreadable image ({type(exc).__name__}: {exc})", path=name) from None
     width, height = img.size
     if width * height > max_pixels:
