@@ -46,7 +46,8 @@ def test_skip_unreadable_drops_counts_and_reports(tmp_path):
 
 
 def _png(width: int, height: int, pixel_data: bool) -> bytes:
-    """A PNG claiming width x height, written by hand from the format: signature, IHDR, [IDAT], IEND."""
+    """A PNG claiming width x height, written by hand from the format: signature, IHDR, then IDAT and IEND, or
+    nothing at all (a bare header, which Pillow cannot open)."""
     import struct
     import zlib
 
@@ -54,8 +55,8 @@ def _png(width: int, height: int, pixel_data: bool) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = chunk(b"IDAT", zlib.compress(bytes(100))) if pixel_data else b""
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+    rest = chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"") if pixel_data else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + rest
 
 
 @pytest.mark.parametrize("pixel_data", [True, False])
