@@ -1,14 +1,19 @@
 """``vreid serve``: the gallery index and its model behind HTTP (FastAPI).
 
-    GET    /health            status, gallery size, model and index settings
-    POST   /search            multipart field ``image``; query ``top_k`` -> ranked gallery images as JSON
-    POST   /gallery           multipart field(s) ``images`` (+ optional form ``vehicle_id``, ``camera_id``) -> new ids
+    GET    /health            status, gallery size, backend and search settings
+    POST   /search            multipart field ``image``; query ``top_k``, filters ``camera`` and ``track`` (repeat
+                              for several), ``time_from``, ``time_to`` (ISO 8601 or epoch s) -> ranked gallery images
+    POST   /gallery           multipart field(s) ``images`` (+ optional form ``vehicle_id``, ``camera_id``,
+                              ``track_id``, ``captured_at``, ``attributes`` (JSON object)) -> new ids
     DELETE /gallery/{id}      remove one gallery image
 
 Every upload is checked before the model sees it: body size (streamed, so a huge upload is cut off early),
 emptiness, decodability and pixel count. A bad request gets a 4xx with a message and the service keeps serving.
-Uploaded gallery images are stored under ``INDEX/uploads/`` (named by content hash) and the index is saved
-after every change, so a restart loses nothing. Model calls and index changes are serialised by one lock.
+Uploaded gallery images are stored in an ``uploads/`` folder beside the gallery database (named by content hash)
+and every change is one database transaction, committed before it is answered: a restart loses nothing, and
+changes other processes commit (`vreid index add`) are searched from the next request on. A change the database
+refuses (disk full, read-only file) is answered 507 and leaves nothing behind. Model calls and gallery changes are
+serialised by one lock.
 """
 
 from __future__ import annotations
@@ -33,13 +38,10 @@ except ImportError:
     raise VreidError("the HTTP service needs FastAPI: pip install 'vreid[serve]'") from None
 
 from vreid.deploy.runtime import require
+from vreid.deploy.store import Sighting, open_gallery, upload_folder
 from vreid.fileio import atomic_write_bytes
-from vreid.retrieval.index import GalleryIndex
 
 log = logging.getLogger(__name__)
-
-UPLOADS = "uploads"
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -116,14 +118,14 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> tuple[Image.Image, 
         raise HTTPException(415, f"{name}: not a decodable image ({type(exc).__name__})") from None
 
 
-def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False):
+def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False):
     """The FastAPI application (``embedder``: a :class:`vreid.engine.inference.Embedder` or anything with
-    ``embed(list[PIL.Image]) -> np.ndarray``)."""
-    from vreid.deploy.gallery import check_model_fits
+    ``embed(list[PIL.Image]) -> np.ndarray``; ``index_uri``: a gallery folder or URI, see vreid.deploy.store)."""
+    from vreid.deploy.gallery import check_model_fits, parse_time, search_filter
 
-    index_dir = Path(index_dir)
-    index = GalleryIndex.load(index_dir)
-    check_model_fits(index, embedder, index_dir)  # refuse to start rather than answer 500 to every request
+    index = open_gallery(index_uri)
+    uploads = upload_folder(index_uri)
+    check_model_fits(index, embedder, index_uri)  # refuse to start rather than answer 500 to every request
     lock = threading.Lock()
     app = FastAPI(title="vreid", description="Vehicle re-identification search", version="1")
     started = time.time()
@@ -141,58 +143,81 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "images": len(index), "dim": index.dim, "engine": index.engine,
-                "read_only": read_only, "uptime_s": round(time.time() - started, 1), **index.options()}
+        with lock:
+            settings = index.settings()
+        return {"status": "ok", **settings, "read_only": read_only, "uptime_s": round(time.time() - started, 1)}
 
     @app.post("/search")
-    def search(image: Annotated[UploadFile, File()], top_k: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
+    def search(image: Annotated[UploadFile, File()], top_k: Annotated[int, Query(ge=1)] = 20,
+               camera: Annotated[list[str] | None, Query()] = None, track: Annotated[list[str] | None, Query()] = None,
+               time_from: str | None = None, time_to: str | None = None) -> dict[str, Any]:
         if top_k > limits.max_top_k:
             raise HTTPException(422, f"top_k {top_k} is over the limit of {limits.max_top_k}")
+        try:
+            where = search_filter(camera or (), track or (), time_from, time_to)
+        except VreidError as exc:
+            raise HTTPException(422, str(exc)) from None
         start = time.perf_counter()
         _, img, _ = read(image)
         with lock:
-            hits = index.search(embed([img]), top_k)[0]
+            hits = index.search(embed([img]), top_k, where)[0]
         return {"results": [h.to_dict() for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     @app.post("/gallery")
     def add(images: Annotated[list[UploadFile], File()], vehicle_id: Annotated[str, Form()] = "",
-            camera_id: Annotated[str, Form()] = "") -> dict[str, Any]:
+            camera_id: Annotated[str, Form()] = "", track_id: Annotated[str, Form()] = "",
+            captured_at: Annotated[str, Form()] = "", attributes: Annotated[str, Form()] = "") -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         if len(images) > limits.max_files:
             raise HTTPException(413, f"{len(images)} files: at most {limits.max_files} per request")
+        try:
+            when = parse_time(captured_at, "captured_at")
+            extra = json.loads(attributes) if attributes else {}
+            sighting = Sighting("", vehicle_id, camera_id, track_id, when, extra)
+        except (VreidError, json.JSONDecodeError) as exc:
+            raise HTTPException(422, f"gallery metadata: {exc}") from None
         decoded = [read(u) for u in images]  # all checked before anything is stored
         # stored under their content hash with the suffix of their real format: the same bytes twice are one image
-        paths = [str(index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}") for data, _, kind in
-                 decoded]
+        paths = [str(uploads / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}") for data, _, kind in decoded]
         with lock:
-            known = dict(zip(index.meta["paths"].tolist(), index.ids.tolist(), strict=True))
+            known = {p: ids[0] for p, ids in index.ids_of_paths(paths).items()}
             new = [j for j, p in enumerate(paths) if p not in known and p not in paths[:j]]
-            ids = index.add(embed([decoded[j][1] for j in new]), [paths[j] for j in new], [vehicle_id] * len(new),
-                            [camera_id] * len(new)) if new else []
-            for j, i in zip(new, ids, strict=True):
+            fresh = [paths[j] for j in new if not Path(paths[j]).exists()]
+            for j in new:  # the files first: a committed row always has its image
                 atomic_write_bytes(paths[j], decoded[j][0])
-                known[paths[j]] = int(i)
-            index.save(index_dir)
-        log.info("gallery: added %d images (now %d)", len(new), len(index))
+            try:
+                ids = index.add(embed([decoded[j][1] for j in new]), [
+                    Sighting(paths[j], sighting.vehicle_id, sighting.camera_id, sighting.track_id,
+                             sighting.captured_at, sighting.attributes) for j in new]) if new else []
+            except VreidError as exc:
+                for path in fresh:
+                    Path(path).unlink(missing_ok=True)
+                log.error("gallery: %s", exc)
+                raise HTTPException(507, f"the gallery could not store the images: {exc}") from None
+            known.update({paths[j]: int(i) for j, i in zip(new, ids, strict=True)})
+            count = index.count()
+        log.info("gallery: added %d images (now %d)", len(new), count)
         return {"added": [{"id": known[p], "path": p, "new": j in new} for j, p in enumerate(paths)],
-                "images": len(index)}
+                "images": count}
 
     @app.delete("/gallery/{image_id}")
     def remove(image_id: int) -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         with lock:
-            paths = index.meta["paths"][index.ids == image_id]
+            found = index.get([image_id])
+            if image_id not in found:
+                raise HTTPException(404, f"no gallery image with id {image_id}")
             try:
                 index.remove([image_id])
-            except VreidError:
-                raise HTTPException(404, f"no gallery image with id {image_id}") from None
-            index.save(index_dir)
-            for path in map(Path, paths):  # an uploaded file goes with its entry; the user's own files stay
-                if path.parent == index_dir / UPLOADS:
-                    path.unlink(missing_ok=True)
-        return {"removed": image_id, "images": len(index)}
+            except VreidError as exc:
+                raise HTTPException(404 if "not in the gallery" in str(exc) else 507, str(exc)) from None
+            path = Path(found[image_id].path)
+            if path.parent == uploads and not index.ids_of_paths([str(path)]):
+                path.unlink(missing_ok=True)  # an uploaded file goes with its last entry; the user's own files stay
+            count = index.count()
+        return {"removed": image_id, "images": count}
 
     return BodyLimit(app, limits.max_bytes)
 
