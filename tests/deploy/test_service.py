@@ -18,7 +18,7 @@ from vreid.deploy.gallery import build_index
 from vreid.engine.inference import Embedder
 from vreid.engine.tester import run_extract_folder
 from vreid.models import build_model
-from vreid.retrieval.index import GalleryIndex
+from vreid.deploy.store import open_gallery
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -64,7 +64,7 @@ def service(tmp_path_factory):
     torch.save(build_model(load_config(None, opts), 0).state_dict(), tmp / "model.pth")
     cfg = load_config(None, [*opts, "TEST.WEIGHT", str(tmp / "model.pth")])
     run_extract_folder(cfg, tmp / "gallery")
-    build_index(tmp / "features" / "gallery.npz", tmp / "index", engine="numpy")
+    build_index(tmp / "features" / "gallery.npz", tmp / "index", engine="numpy").close()
     app = create_app(tmp / "index", Embedder(cfg), Limits(max_bytes=200_000, max_pixels=1_000_000, max_files=3))
     with serving(app) as client:
         yield client, tmp
@@ -81,6 +81,22 @@ def test_health_and_search_finds_the_same_image(service):
     assert hits[0]["path"].endswith("0003_c1.png") and hits[0]["vehicle_id"] == "0003"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
+
+
+def test_search_filters_on_camera_track_and_time(service):
+    client, _ = service
+    query = {"image": ("q.png", _png(3), "image/png")}
+    hits = client.post("/search", files=query, params={"top_k": 8, "camera": "0"}).json()["results"]
+    assert len(hits) == 4 and {h["camera_id"] for h in hits} == {"0"}  # 8 images, cameras 0 and 1 alternate
+    both = client.post("/search", files=query, params=[("camera", "0"), ("camera", "1")]).json()["results"]
+    assert len(both) == 8
+    # no gallery image has a capture time yet: any time window excludes them all
+    r = client.post("/search", files=query, params={"time_from": "2026-01-01T00:00:00"})
+    assert r.status_code == 200 and r.json()["results"] == []
+    r = client.post("/search", files=query, params={"time_from": "yesterday"})
+    assert r.status_code == 422 and "'yesterday' is not a time" in r.json()["detail"]
+    r = client.post("/search", files=query, params={"time_from": "10", "time_to": "5"})
+    assert r.status_code == 422 and "ends" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("files,status,message", [
@@ -114,7 +130,8 @@ def test_gallery_add_search_remove_persists(service):
     client, tmp = service
     before = client.get("/health").json()["images"]
     r = client.post("/gallery", files=[("images", ("new.exe", _png(42), "image/png"))],
-                    data={"vehicle_id": "V42", "camera_id": "c7"})
+                    data={"vehicle_id": "V42", "camera_id": "c7", "track_id": "T1",
+                          "captured_at": "2026-12-01T08:00:00+01:00", "attributes": '{"colour": "red"}'})
     assert r.status_code == 200
     added = r.json()["added"][0]
     new_id = added["id"]
@@ -122,8 +139,12 @@ def test_gallery_add_search_remove_persists(service):
     assert added["path"].endswith(".png")  # the suffix of the real format, not of the client's file name
     hits = client.post("/search", files={"image": ("q.png", _png(42), "image/png")}).json()["results"]
     assert hits[0]["id"] == new_id and hits[0]["vehicle_id"] == "V42" and hits[0]["camera_id"] == "c7"
-    stored = GalleryIndex.load(tmp / "index")  # saved to disk: a restart keeps it
-    assert len(stored) == before + 1 and stored.ids_of_paths([added["path"]]) == [new_id]
+    assert hits[0]["captured_at"] == 1796108400.0 and hits[0]["attributes"] == {"colour": "red"}  # 07:00 UTC
+    window = {"time_from": "2026-12-01T06:59:59Z", "time_to": "1796108400", "track": "T1"}
+    assert [h["id"] for h in client.post("/search", files={"image": ("q.png", _png(1), "image/png")},
+                                         params=window).json()["results"]] == [new_id]
+    with open_gallery(tmp / "index") as stored:  # committed to the database: a restart keeps it
+        assert stored.count() == before + 1 and stored.ids_of_paths([added["path"]]) == {added["path"]: [new_id]}
     assert Image.open(added["path"]).size == (48, 40)
     again = client.post("/gallery", files=[("images", ("same.png", _png(42), "image/png"))]).json()
     assert again["added"] == [{"id": new_id, "path": added["path"], "new": False}]  # same bytes: same image
