@@ -11,9 +11,9 @@ from PIL import Image
 
 from vreid.cli import main
 from vreid.config import load_config
+from vreid.deploy.store import open_gallery
 from vreid.engine.extract import FeatureSet
 from vreid.models import build_model
-from vreid.deploy.store import open_gallery
 
 
 def _image(path, seed):

@@ -15,10 +15,10 @@ from PIL import Image
 
 from vreid.config import load_config
 from vreid.deploy.gallery import build_index
+from vreid.deploy.store import open_gallery
 from vreid.engine.inference import Embedder
 from vreid.engine.tester import run_extract_folder
 from vreid.models import build_model
-from vreid.deploy.store import open_gallery
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")

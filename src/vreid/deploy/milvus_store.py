@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,8 @@ class MilvusGallery(Gallery):
         if not where.target.startswith("http"):  # Milvus Lite's in-process server logs calls it does not implement
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         kwargs = {k: v for k, v in (("token", where.token), ("db_name", where.db_name)) if v}
+        if not where.target.startswith("http"):
+            Path(where.target).parent.mkdir(parents=True, exist_ok=True)
         try:
             return pymilvus.MilvusClient(uri=where.target, **kwargs)
         except Exception as exc:  # pymilvus raises MilvusException, grpc and OS errors
