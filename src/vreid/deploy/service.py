@@ -43,6 +43,7 @@ from vreid.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 8 * 2**20  # whole request body
@@ -183,14 +184,15 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
         with lock:
             known = {p: ids[0] for p, ids in index.ids_of_paths(paths).items()}
             new = [j for j, p in enumerate(paths) if p not in known and p not in paths[:j]]
+            features = embed([decoded[j][1] for j in new]) if new else None
             fresh = [paths[j] for j in new if not Path(paths[j]).exists()]
-            for j in new:  # the files first: a committed row always has its image
-                atomic_write_bytes(paths[j], decoded[j][0])
             try:
-                ids = index.add(embed([decoded[j][1] for j in new]), [
+                for j in new:  # the files first: a committed row always has its image
+                    atomic_write_bytes(paths[j], decoded[j][0])
+                ids = index.add(features, [
                     Sighting(paths[j], sighting.vehicle_id, sighting.camera_id, sighting.track_id,
                              sighting.captured_at, sighting.attributes) for j in new]) if new else []
-            except VreidError as exc:
+            except (VreidError, OSError) as exc:
                 for path in fresh:
                     Path(path).unlink(missing_ok=True)
                 log.error("gallery: %s", exc)

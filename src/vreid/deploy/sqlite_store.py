@@ -274,6 +274,7 @@ class SqliteGallery(Gallery):
         columns = "SELECT id, camera_id, track_id, captured_at, embedding FROM sightings"
         if self._seq < 0:  # first load: the table itself, then only log rows past its snapshot
             self._seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+            self.index.reserve(self._db.execute("SELECT count(*) FROM sightings").fetchone()[0])
             n = self._load_rows(f"{columns} ORDER BY id", ())
             log.info("%s: %d images loaded into memory", self.uri, n)
             return

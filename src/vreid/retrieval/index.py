@@ -157,11 +157,12 @@ class GalleryIndex:
         return {"kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
                 "ef_search": self.ef_search}
 
-    def _reserve(self, extra: int) -> None:
+    def reserve(self, extra: int, exact: bool = True) -> None:
+        """Room for ``extra`` more rows (``exact`` False: at least a growth step, so appends are amortised)."""
         need = self._n + extra
         if need <= len(self._ids):
             return
-        size = max(need, int(len(self._ids) * GROWTH), len(self._ids) + MIN_GROWTH)
+        size = need if exact else max(need, int(len(self._ids) * GROWTH), len(self._ids) + MIN_GROWTH)
 
         def grow(a: np.ndarray, fill: Any) -> np.ndarray:
             out = np.full((size, *a.shape[1:]), fill, dtype=a.dtype)
@@ -189,7 +190,7 @@ class GalleryIndex:
         last = self._ids[self._n - 1] if self._n else -1
         if np.any(np.diff(ids) <= 0) or ids[0] <= last:
             raise VreidError(f"add: ids must increase past the last one ({last}); got {ids[:5].tolist()}...")
-        self._reserve(n)
+        self.reserve(n, exact=False)
         rows = slice(self._n, self._n + n)
         self._ids[rows], self._features[rows], self._alive[rows] = ids, features, True
         self._camera[rows] = self._cameras.encode([str(c or "") for c in (camera_ids or [""] * n)])
