@@ -86,12 +86,16 @@ def run(backend: str, size: int, args: argparse.Namespace) -> str:
     t = time.perf_counter()
     for q in queries[:50]:
         reader.search(q[None], 20, SearchFilter(cameras=("c1",)))
-    filtered = 50 / (time.perf_counter() - t)
+    filtered = len(queries[:50]) / (time.perf_counter() - t)
     reader.close()
     writer.close()
     shutil.rmtree(work, ignore_errors=True)
     return (f"| {backend} | {size:,} | {build:.1f} | {disk:.0f} | {ms(adds)} | {ms(removes)} | "
-            f"{opened:.1f} | {ms(catch[1:]) if catch else '-'} | {single:.0f} | {batch:.0f} | {filtered:.0f} |")
+            f"{opened:.1f} | {ms(catch[1:]) if catch else '-'} | {rate(single)} | {rate(batch)} | {rate(filtered)} |")
+
+
+def rate(per_s: float) -> str:
+    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.2g}"
 
 
 def main() -> None:

@@ -34,13 +34,20 @@ def model_config(tmp_path):
     return tmp_path / "model.yml"
 
 
-def test_three_commands_then_updates(tmp_path, model_config, capsys):
+def _six_photos_indexed(tmp_path, model_config, out: str):
+    """Six photos (ids 000-005, cameras 0-2) extracted and built into a gallery at ``out``."""
     for i in range(6):
         _image(tmp_path / "photos" / f"{i:03d}_c{i % 3}.jpg", i)
-    feats, idx = tmp_path / "feats", tmp_path / "idx"
+    feats = tmp_path / "feats"
     assert main(["extract", "--images", str(tmp_path / "photos"), "--config-file", str(model_config),
                  "OUTPUT_DIR", str(feats)]) == 0
-    assert main(["index", "build", "--features", str(feats / "gallery.npz"), str(idx)]) == 0
+    assert main(["index", "build", "--features", str(feats / "gallery.npz"), out]) == 0
+    return feats
+
+
+def test_three_commands_then_updates(tmp_path, model_config, capsys):
+    idx = tmp_path / "idx"
+    feats = _six_photos_indexed(tmp_path, model_config, str(idx))
     capsys.readouterr()
     query = tmp_path / "photos" / "004_c1.jpg"
     assert main(["search", "--index", str(idx), "--image", str(query), "--top-k", "3", "--json"]) == 0
@@ -146,12 +153,8 @@ def test_old_index_folders_migrate_explicitly_or_on_first_open(tmp_path, capsys)
 
 
 def test_filters_and_capture_times_on_the_command_line(tmp_path, model_config, capsys):
-    for i in range(6):
-        _image(tmp_path / "photos" / f"{i:03d}_c{i % 3}.jpg", i)
-    feats, idx = tmp_path / "feats", tmp_path / "idx"
-    assert main(["extract", "--images", str(tmp_path / "photos"), "--config-file", str(model_config),
-                 "OUTPUT_DIR", str(feats)]) == 0
-    assert main(["index", "build", "--features", str(feats / "gallery.npz"), f"sqlite://{idx}.db"]) == 0
+    idx = tmp_path / "idx"
+    _six_photos_indexed(tmp_path, model_config, f"sqlite://{idx}.db")
     _image(tmp_path / "later" / "100_c1.jpg", 100)
     assert main(["index", "add", "--index", f"{idx}.db", "--images", str(tmp_path / "later"),
                  "--captured-at", "2026-12-01T10:00:00", "--attributes", '{"lane": 2}']) == 0

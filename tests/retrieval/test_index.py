@@ -115,7 +115,7 @@ def test_appends_grow_geometrically_and_keep_every_row():
 def test_numpy_fallback_and_errors():
     feats, *_ = _gallery(n=20)
     index = _index(feats, engine="numpy")
-    with pytest.raises(VreidError, match="8 dimensions, the index 16"):
+    with pytest.raises(VreidError, match="8 dimensions, the gallery 16"):
         index.search(np.zeros((1, 8), np.float32))
     with pytest.raises(VreidError, match="NaN"):
         index.add([20], np.full((1, 16), np.nan, np.float32))

@@ -20,7 +20,7 @@ import numpy as np
 from vreid.deploy.runtime import require
 from vreid.deploy.store import BATCH, Batch, Gallery, Hit, Location, Sighting
 from vreid.errors import VreidError
-from vreid.retrieval.index import SearchFilter, check_options, unit_rows
+from vreid.retrieval.index import SearchFilter, check_options, search_queries, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +210,7 @@ class MilvusGallery(Gallery):
                 "consistency": self.where.consistency, **self.options}
 
     def search(self, queries: np.ndarray, top_k: int = 20, where: SearchFilter | None = None) -> list[list[Hit]]:
-        queries = unit_rows(queries, "search")
-        if queries.shape[1] != self.dim:
-            raise VreidError(f"search: queries have {queries.shape[1]} dimensions, the gallery {self.dim}")
-        if top_k < 1:
-            raise VreidError(f"search: top_k must be >= 1, got {top_k}")
+        queries = search_queries(queries, self.dim, top_k)
         if len(queries) == 0:
             return []
         params = {"ivf": {"nprobe": self.options["nprobe"]}, "hnsw": {"ef": max(self.options["ef_search"], top_k)}

@@ -89,6 +89,16 @@ def unit_rows(features: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(features / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def search_queries(queries: np.ndarray, dim: int, top_k: int) -> np.ndarray:
+    """Queries as unit rows of the gallery's dimension, and a valid ``top_k``, or a clear error."""
+    queries = unit_rows(queries, "search")
+    if queries.shape[1] != dim:
+        raise VreidError(f"search: queries have {queries.shape[1]} dimensions, the gallery {dim}")
+    if top_k < 1:
+        raise VreidError(f"search: top_k must be >= 1, got {top_k}")
+    return queries
+
+
 class _Codes:
     """Strings as small integer codes (cameras, tracks: few distinct values), so a filter is an ``isin``."""
 
@@ -298,11 +308,7 @@ class GalleryIndex:
 
     def search(self, queries: np.ndarray, top_k: int = 20, where: SearchFilter | None = None) -> list[list[Match]]:
         """The ``top_k`` most similar gallery rows of every query that pass ``where``, best first (ties: lower id)."""
-        queries = unit_rows(queries, "search")
-        if queries.shape[1] != self.dim:
-            raise VreidError(f"search: queries have {queries.shape[1]} dimensions, the index {self.dim}")
-        if top_k < 1:
-            raise VreidError(f"search: top_k must be >= 1, got {top_k}")
+        queries = search_queries(queries, self.dim, top_k)
         filtered = where is not None and not where.empty
         ok = self.mask(where) if filtered or self.engine == "numpy" else None
         k = min(top_k, len(self) if ok is None else int(ok.sum()))
