@@ -42,7 +42,8 @@ def run(backend: str, size: int, args: argparse.Namespace) -> str:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    uri = f"sqlite://{work}/g.db" if backend == "sqlite" else f"milvus-lite://{work}/m.db"
+    # a file per size: Milvus Lite keeps serving a file it opened for the rest of the process
+    uri = f"sqlite://{work}/g{size}.db" if backend == "sqlite" else f"milvus-lite://{work}/m{size}.db"
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     with create_gallery(uri, args.dim, engine="numpy" if backend == "sqlite" else "auto") as gallery:
