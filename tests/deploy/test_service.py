@@ -197,3 +197,20 @@ def test_read_only_service_refuses_changes(service):
         r = client.post("/gallery", files=[("images", ("n.png", _png(5), "image/png"))])
         assert r.status_code == 403 and "read-only" in r.json()["detail"]
         assert client.delete("/gallery/1").status_code == 403
+
+
+def test_a_refused_write_is_a_507_and_stores_nothing(service):
+    _, tmp = service
+
+    class Fixed:
+        def embed(self, images):
+            return np.ones((len(images), 512), np.float32)
+
+    build_index(tmp / "features" / "gallery.npz", tmp / "full", engine="numpy").close()
+    (tmp / "full" / "uploads").write_bytes(b"")  # a file where the upload folder goes: every write fails
+    with serving(create_app(tmp / "full", Fixed())) as client:
+        r = client.post("/gallery", files=[("images", ("n.png", _png(77), "image/png"))])
+        assert r.status_code == 507 and "could not store" in r.json()["detail"]
+        assert client.get("/health").json()["images"] == 8  # memory ...
+        with open_gallery(tmp / "full") as stored:
+            assert stored.count() == 8  # ... and disk agree: nothing was added

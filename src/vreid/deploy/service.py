@@ -18,6 +18,7 @@ serialised by one lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -194,7 +195,8 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
                              sighting.captured_at, sighting.attributes) for j in new]) if new else []
             except (VreidError, OSError) as exc:
                 for path in fresh:
-                    Path(path).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        Path(path).unlink()
                 log.error("gallery: %s", exc)
                 raise HTTPException(507, f"the gallery could not store the images: {exc}") from None
             known.update({paths[j]: int(i) for j, i in zip(new, ids, strict=True)})
