@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--onnx", action="store_true", help="serve the ONNX export with ONNX Runtime")
     ap.add_argument("--threads", type=int, default=2, help="TEST.THREADS of the service")
     ap.add_argument("--work", default="/tmp/vreid_serve_load")
+    ap.add_argument("--start-timeout", type=float, default=120, help="seconds the service may take to start")
     args = ap.parse_args()
     import httpx
     import torch
@@ -85,7 +86,7 @@ def main() -> None:
                                "TEST.WEIGHT", str(weight)], cwd=REPO, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + args.start_timeout
         while True:
             try:
                 health = httpx.get(url + "/health", timeout=2).json()
