@@ -150,6 +150,12 @@ def test_old_index_folders_migrate_explicitly_or_on_first_open(tmp_path, capsys)
     info = json.loads(capsys.readouterr().out)
     assert info["images"] == 12 and info["cameras"] == 2 and info["identities"] == 3 and info["backend"] == "sqlite"
     assert (tmp_path / "old" / "gallery.db").is_file()
+    manifest = json.loads((tmp_path / "old" / "index.json").read_text())
+    (tmp_path / "old" / "index.json").write_text(json.dumps({**manifest, "dim": "8"}))
+    assert main(["index", "migrate", str(tmp_path / "old"), str(tmp_path / "other")]) == 2
+    (tmp_path / "old" / "index.json").write_text(json.dumps({**manifest, "count": 5}))
+    assert main(["index", "migrate", str(tmp_path / "old"), str(tmp_path / "other")]) == 2
+    assert not (tmp_path / "other" / "gallery.db").exists()  # nothing half-made from a broken folder
 
 
 def test_filters_and_capture_times_on_the_command_line(tmp_path, model_config, capsys):

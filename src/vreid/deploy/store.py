@@ -251,8 +251,12 @@ def read_legacy(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
         raise VreidError(f"{folder}: not a gallery index folder (no {LEGACY_MANIFEST})") from None
     except json.JSONDecodeError as exc:
         raise VreidError(f"{folder / LEGACY_MANIFEST}: broken manifest ({exc})") from None
-    if manifest.get("format") != LEGACY_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != LEGACY_FORMAT:
         raise VreidError(f"{folder / LEGACY_MANIFEST}: not a {LEGACY_FORMAT} manifest")
+    missing = [k for k in ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "next_id", "count")
+               if type(manifest.get(k)) is not int] + ([] if isinstance(manifest.get("kind"), str) else ["kind"])
+    if missing:
+        raise VreidError(f"{folder / LEGACY_MANIFEST}: broken manifest (missing or invalid: {', '.join(missing)})")
     arrays = folder / manifest.get("arrays", "gallery.npz")
     try:
         with np.load(arrays, allow_pickle=False) as data:
