@@ -65,7 +65,8 @@ def main() -> None:
     print(f"re-ranking fused (Dv - 0.1 Do - 0.1 Dc): {t_fused:.2f} s")
     metrics, t_eval = timed(evaluate, dist, qid, gid, qcam, gcam, device=dev)
     print(f"evaluation: {t_eval:.2f} s (mAP {metrics['mAP']:.4f})")
-    index = GalleryIndex.from_features(gf, [str(i) for i in range(g)], engine="numpy")
+    index = GalleryIndex(gf.shape[1], engine="numpy")
+    index.add(np.arange(g), gf)
     _, t_search = timed(index.search, qf, 100, device=dev)
     print(f"exact top-100 search of {q:,} queries in {g:,}: {t_search:.2f} s")
     if args.check_size:

@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--clients", default="16,64", help="--wrk: concurrent connections, one level each")
     ap.add_argument("--duration", type=int, default=30, help="--wrk: seconds per level")
     ap.add_argument("--max-connections", type=int, default=64, help="the service's --max-connections")
+    ap.add_argument("--start-timeout", type=float, default=120, help="seconds the service may take to start")
     args = ap.parse_args()
     import httpx
     import torch
@@ -172,7 +173,7 @@ def main() -> None:
                                "TEST.WEIGHT", str(weight)], cwd=REPO, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + args.start_timeout
         while True:
             try:
                 health = httpx.get(url + "/health", timeout=2).json()

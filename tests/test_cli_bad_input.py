@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from vreid.config import load_config
+from vreid.deploy.store import LEGACY_FORMAT, LEGACY_MANIFEST, Sighting, create_gallery
 from vreid.models import build_model
-from vreid.retrieval.index import GalleryIndex
 
 SECRET = "root:$6$SECRETHASH.xyz:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
 
@@ -30,14 +30,13 @@ def world(tmp_path_factory) -> Path:
     torch.save(build_model(load_config(None, opts), 0).state_dict(), tmp / "model.pth")
     (tmp / "model.yml").write_text(load_config(None, [*opts, "TEST.WEIGHT", str(tmp / "model.pth")]).dump())
     feats = np.random.default_rng(0).normal(size=(3, 512)).astype(np.float32)
-    GalleryIndex.from_features(feats, ["a.jpg", "b.jpg", "c.jpg"], engine="numpy").save(tmp / "idx")
-    GalleryIndex.from_features(feats, ["caf\udce9.jpg", "b.jpg", "c.jpg"], engine="numpy").save(tmp / "idx_bytes")
-    (tmp / "nodim").mkdir()
-    for f in (tmp / "idx").iterdir():
-        (tmp / "nodim" / f.name).write_bytes(f.read_bytes())
-    manifest = json.loads((tmp / "idx" / "index.json").read_text())
-    del manifest["dim"]
-    (tmp / "nodim" / "index.json").write_text(json.dumps(manifest))
+    for name, paths in (("idx", ["a.jpg", "b.jpg", "c.jpg"]), ("idx_bytes", ["caf\udce9.jpg", "b.jpg", "c.jpg"])):
+        with create_gallery(tmp / name, 512, engine="numpy") as gallery:
+            gallery.add(feats, [Sighting(p) for p in paths])
+    (tmp / "nodim").mkdir()  # an index folder of the old format whose manifest lacks its feature size
+    (tmp / "nodim" / LEGACY_MANIFEST).write_text(json.dumps({
+        "format": LEGACY_FORMAT, "kind": "exact", "nlist": 0, "nprobe": 16, "hnsw_m": 32, "ef_search": 128,
+        "next_id": 3, "count": 3}))
     (tmp / "huge").mkdir()
     Image.new("1", (20_000, 10_000)).save(tmp / "huge" / "huge.png")  # 200 M pixels in a few hundred KiB
     Image.new("RGB", (40, 30)).save(tmp / "huge" / "small.png")

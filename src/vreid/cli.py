@@ -188,78 +188,104 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedder(args: argparse.Namespace, index=None):
-    """The model of an index (its config.yaml, or --config-file), checked to fit the index when one is given."""
+def _embedder(args: argparse.Namespace, gallery):
+    """The model of a gallery (its stored config, or --config-file), checked to fit the gallery."""
     from vreid.deploy.gallery import check_model_fits, index_config
     from vreid.engine.inference import Embedder
 
-    embedder = Embedder(index_config(args.index, args.config_file, args.opts))
-    if index is not None:
-        check_model_fits(index, embedder, args.index)
+    embedder = Embedder(index_config(gallery, args.config_file, args.opts))
+    check_model_fits(gallery, embedder, args.index)
     return embedder
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from vreid.deploy.gallery import build_index
 
-    index = build_index(args.features, args.out, overwrite=args.overwrite, kind=args.kind, engine=args.engine,
-                        nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
-    print(f"{args.out}: {len(index)} images, {index.dim}-d, {index.kind} search ({index.engine})")
+    with build_index(args.features, args.out, overwrite=args.overwrite, kind=args.kind, engine=args.engine,
+                     nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search) as gallery:
+        info = gallery.settings()
+    print(f"{args.out}: {info['images']} images, {gallery.dim}-d, {info['kind']} search ({info['backend']})")
     return 0
+
+
+def _attributes(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VreidError(f"--attributes: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise VreidError("--attributes: give a JSON object, e.g. '{\"colour\": \"red\"}'")
+    return value
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
     from vreid.data.formats.folder import image_records
-    from vreid.deploy.gallery import add_features, add_images
-    from vreid.retrieval.index import GalleryIndex
+    from vreid.deploy.gallery import add_features, add_images, open_gallery, parse_time
 
-    index = GalleryIndex.load(args.index)
-    if args.features:
-        ids = add_features(index, args.features)
-    else:
-        embedder = _embedder(args, index)
-        ids = add_images(index, embedder, image_records(args.images, embedder.cfg.DATASETS.FOLDER_PATTERN))
-    index.save(args.index)
-    print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the gallery holds {len(index)}")
+    captured_at, attributes = parse_time(args.captured_at, "--captured-at"), _attributes(args.attributes)
+    with open_gallery(args.index) as gallery:
+        if args.features:
+            ids = add_features(gallery, args.features, captured_at, attributes)
+        else:
+            embedder = _embedder(args, gallery)
+            ids = add_images(gallery, embedder, image_records(args.images, embedder.cfg.DATASETS.FOLDER_PATTERN),
+                             captured_at, attributes)
+        print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the gallery holds {gallery.count()}")
     return 0
 
 
 def cmd_index_remove(args: argparse.Namespace) -> int:
-    from vreid.retrieval.index import GalleryIndex
+    from vreid.deploy.gallery import open_gallery
 
     bad = [i for i in args.ids if not 0 <= i < 2**63]
     if bad:
         raise VreidError(f"--ids {bad[0]}: not a gallery id (ids are 0 .. 2^63-1)")
-    index = GalleryIndex.load(args.index)
-    ids = [*args.ids, *(index.ids_of_paths(args.paths) if args.paths else [])]
-    if not ids:
-        raise VreidError("index remove: give --ids and/or --paths")
-    index.remove(ids)
-    index.save(args.index)
-    print(f"removed {len(set(ids))} images; the gallery holds {len(index)}")
+    with open_gallery(args.index) as gallery:
+        found = gallery.ids_of_paths(args.paths) if args.paths else {}
+        missing = [p for p in args.paths if p not in found]
+        if missing:
+            raise VreidError(f"not in the gallery: {missing[:5]}")
+        ids = [*args.ids, *(i for p in args.paths for i in found[p])]
+        if not ids:
+            raise VreidError("index remove: give --ids and/or --paths")
+        removed = gallery.remove(ids)
+        print(f"removed {removed} images; the gallery holds {gallery.count()}")
     return 0
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:
-    from vreid.retrieval.index import GalleryIndex
+    from vreid.deploy.gallery import open_gallery
 
-    index = GalleryIndex.load(args.index)
-    info = {"images": len(index), "dim": index.dim, "engine": index.engine, **index.options(),
-            "identities": len(set(index.meta["vehicle_ids"]) - {""}),
-            "cameras": len(set(index.meta["camera_ids"]) - {""})}
+    with open_gallery(args.index) as gallery:
+        identities, cameras = set(), set()
+        for batch in gallery.batches():
+            identities.update(s.vehicle_id for s in batch.sightings)
+            cameras.update(s.camera_id for s in batch.sightings)
+        info = {**gallery.settings(), "identities": len(identities - {""}), "cameras": len(cameras - {""}),
+                "model_config": gallery.model_config is not None}
     print(json.dumps(info, indent=1))
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from vreid.deploy.gallery import search_files
-    from vreid.retrieval.accel import retrieval_device
-    from vreid.retrieval.index import GalleryIndex
+def cmd_index_migrate(args: argparse.Namespace) -> int:
+    from vreid.deploy.store import migrate
 
-    index = GalleryIndex.load(args.index)
-    embedder = _embedder(args, index)
-    device = retrieval_device(args.device or embedder.cfg.TEST.RETRIEVAL_DEVICE)
-    results = search_files(index, embedder, args.image, args.top_k, device=device)
+    with migrate(args.old, args.new) as gallery:
+        print(f"{args.old} -> {args.new}: {gallery.count()} images")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vreid.deploy.gallery import open_gallery, search_files, search_filter
+    from vreid.retrieval.accel import retrieval_device
+
+    where = search_filter(args.camera, args.track, args.time_from, args.time_to)
+    with open_gallery(args.index) as gallery:
+        embedder = _embedder(args, gallery)
+        device = retrieval_device(args.device or embedder.cfg.TEST.RETRIEVAL_DEVICE)
+        results = search_files(gallery, embedder, args.image, args.top_k, where, device=device)
     if args.json:
         print(json.dumps([{"query": q, "results": [h.to_dict() for h in hits]}
                           for q, hits in zip(args.image, results, strict=True)], indent=1))
@@ -273,6 +299,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from vreid.deploy.gallery import open_gallery
     from vreid.deploy.service import Access, Limits, check_bind, create_app, default_hosts, read_token, serve
 
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files,
@@ -285,7 +312,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::") and not args.allowed_host:
         log.warning("listening on all addresses, but only the Host names %s are served: add the names clients "
                     "use with --allowed-host", ", ".join(access.allowed_hosts))
-    serve(create_app(args.index, _embedder(args), limits, read_only=args.read_only, access=access), args.host,
+    with open_gallery(args.index) as gallery:  # the model is checked against it here, before serving
+        embedder = _embedder(args, gallery)
+    serve(create_app(args.index, embedder, limits, read_only=args.read_only, access=access), args.host,
           args.port, limits)
     return 0
 
@@ -561,13 +590,18 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     ibuild.add_argument("--ef-search", type=int, default=128, help="hnsw: search beam width")
     ibuild.add_argument("--overwrite", action="store_true", help="replace an existing index in OUT")
-    ibuild.add_argument("out", metavar="OUT", help="index folder to write")
+    ibuild.add_argument("out", metavar="OUT", help="gallery to create: a folder (FOLDER/gallery.db), "
+                        "sqlite:///path/gallery.db, milvus://host:port[/collection] (docs/deployment.md)")
     ibuild.set_defaults(func=cmd_index_build)
     iadd = index.add_parser("add", help="add images (embedded with the index's model) or a FeatureSet")
     iadd.add_argument("--index", required=True)
     what = iadd.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", metavar="DIR", help="every image under DIR")
     what.add_argument("--features", help="a FeatureSet .npz from the same model")
+    iadd.add_argument("--captured-at", metavar="TIME", help="capture time of these images: ISO 8601 (UTC unless "
+                      "a zone is given) or seconds since the epoch")
+    iadd.add_argument("--attributes", metavar="JSON", help="free-form attributes stored with each image "
+                      "(a JSON object)")
     _add_config_args(iadd)
     iadd.set_defaults(func=cmd_index_add)
     iremove = index.add_parser("remove", help="remove images by id or path")
@@ -578,18 +612,27 @@ def build_parser() -> argparse.ArgumentParser:
     iinfo = index.add_parser("info", help="size and settings of an index")
     iinfo.add_argument("--index", required=True)
     iinfo.set_defaults(func=cmd_index_info)
+    imigrate = index.add_parser("migrate", help="copy an index folder of the old format (index.json) to a gallery")
+    imigrate.add_argument("old", metavar="OLD_FOLDER")
+    imigrate.add_argument("new", metavar="NEW_URI", help="a folder, sqlite:///path/gallery.db or milvus://host:port")
+    imigrate.set_defaults(func=cmd_index_migrate)
 
     search = sub.add_parser("search", help="the most similar gallery images of query images")
-    search.add_argument("--index", required=True, help="index folder (`vreid index build`)")
+    search.add_argument("--index", required=True, help="gallery folder or URI (`vreid index build`)")
     search.add_argument("--image", required=True, action="append", help="query image file (repeat for several)")
     search.add_argument("--top-k", type=int, default=20)
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_retrieval_device_arg(search)
+    search.add_argument("--camera", action="append", default=[], help="only gallery images of this camera (repeat)")
+    search.add_argument("--track", action="append", default=[], help="only gallery images of this track (repeat)")
+    search.add_argument("--from", dest="time_from", metavar="TIME", help="only images captured at or after TIME "
+                        "(ISO 8601 or epoch seconds)")
+    search.add_argument("--to", dest="time_to", metavar="TIME", help="only images captured at or before TIME")
     _add_config_args(search)
     search.set_defaults(func=cmd_search)
 
     serve = sub.add_parser("serve", help="HTTP service: POST /search, POST /gallery, GET /health (FastAPI)")
-    serve.add_argument("--index", required=True, help="index folder (`vreid index build`)")
+    serve.add_argument("--index", required=True, help="gallery folder or URI (`vreid index build`)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body (default 8 MiB)")

@@ -16,10 +16,10 @@ from PIL import Image
 
 from vreid.config import load_config
 from vreid.deploy.gallery import build_index
+from vreid.deploy.store import Sighting, create_gallery, open_gallery
 from vreid.engine.inference import Embedder
 from vreid.engine.tester import run_extract_folder
 from vreid.models import build_model
-from vreid.retrieval.index import GalleryIndex
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -65,7 +65,7 @@ def service(tmp_path_factory):
     torch.save(build_model(load_config(None, opts), 0).state_dict(), tmp / "model.pth")
     cfg = load_config(None, [*opts, "TEST.WEIGHT", str(tmp / "model.pth")])
     run_extract_folder(cfg, tmp / "gallery")
-    build_index(tmp / "features" / "gallery.npz", tmp / "index", engine="numpy")
+    build_index(tmp / "features" / "gallery.npz", tmp / "index", engine="numpy").close()
     app = create_app(tmp / "index", Embedder(cfg), Limits(max_bytes=200_000, max_pixels=1_000_000, max_files=3))
     with serving(app) as client:
         yield client, tmp
@@ -82,6 +82,22 @@ def test_health_and_search_finds_the_same_image(service):
     assert hits[0]["path"].endswith("0003_c1.png") and hits[0]["vehicle_id"] == "0003"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
+
+
+def test_search_filters_on_camera_track_and_time(service):
+    client, _ = service
+    query = {"image": ("q.png", _png(3), "image/png")}
+    hits = client.post("/search", files=query, params={"top_k": 8, "camera": "0"}).json()["results"]
+    assert len(hits) == 4 and {h["camera_id"] for h in hits} == {"0"}  # 8 images, cameras 0 and 1 alternate
+    both = client.post("/search", files=query, params=[("camera", "0"), ("camera", "1")]).json()["results"]
+    assert len(both) == 8
+    # no gallery image has a capture time yet: any time window excludes them all
+    r = client.post("/search", files=query, params={"time_from": "2026-01-01T00:00:00"})
+    assert r.status_code == 200 and r.json()["results"] == []
+    r = client.post("/search", files=query, params={"time_from": "yesterday"})
+    assert r.status_code == 422 and "'yesterday' is not a time" in r.json()["detail"]
+    r = client.post("/search", files=query, params={"time_from": "10", "time_to": "5"})
+    assert r.status_code == 422 and "ends" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("files,status,message", [
@@ -116,7 +132,8 @@ def test_gallery_add_search_remove_persists(service):
     client, tmp = service
     before = client.get("/health").json()["images"]
     r = client.post("/gallery", files=[("images", ("new.exe", _png(42), "image/png"))],
-                    data={"vehicle_id": "V42", "camera_id": "c7"})
+                    data={"vehicle_id": "V42", "camera_id": "c7", "track_id": "T1",
+                          "captured_at": "2026-12-01T08:00:00+01:00", "attributes": '{"colour": "red"}'})
     assert r.status_code == 200
     added = r.json()["added"][0]
     new_id = added["id"]
@@ -124,8 +141,12 @@ def test_gallery_add_search_remove_persists(service):
     assert added["path"].endswith(".png")  # the suffix of the real format, not of the client's file name
     hits = client.post("/search", files={"image": ("q.png", _png(42), "image/png")}).json()["results"]
     assert hits[0]["id"] == new_id and hits[0]["vehicle_id"] == "V42" and hits[0]["camera_id"] == "c7"
-    stored = GalleryIndex.load(tmp / "index")  # saved to disk: a restart keeps it
-    assert len(stored) == before + 1 and stored.ids_of_paths([added["path"]]) == [new_id]
+    assert hits[0]["captured_at"] == 1796108400.0 and hits[0]["attributes"] == {"colour": "red"}  # 07:00 UTC
+    window = {"time_from": "2026-12-01T06:59:59Z", "time_to": "1796108400", "track": "T1"}
+    assert [h["id"] for h in client.post("/search", files={"image": ("q.png", _png(1), "image/png")},
+                                         params=window).json()["results"]] == [new_id]
+    with open_gallery(tmp / "index") as stored:  # committed to the database: a restart keeps it
+        assert stored.count() == before + 1 and stored.ids_of_paths([added["path"]]) == {added["path"]: [new_id]}
     assert Image.open(added["path"]).size == (48, 40)
     again = client.post("/gallery", files=[("images", ("same.png", _png(42), "image/png"))]).json()
     assert again["added"] == [{"id": new_id, "path": added["path"], "new": False}]  # same bytes: same image
@@ -203,8 +224,10 @@ class HashEmbedder:
 
 
 def _small_index(folder: Path, paths=("a.png", "b.png", "c.png")) -> Path:
+    """A gallery of random features (ids 1, 2, 3, ...) in the default SQLite store."""
     feats = np.random.default_rng(0).normal(size=(len(paths), DIM)).astype(np.float32)
-    GalleryIndex.from_features(feats, list(paths), engine="numpy").save(folder)
+    with create_gallery(folder, DIM, engine="numpy") as gallery:
+        gallery.add(feats, [Sighting(p) for p in paths])
     return folder
 
 
@@ -240,12 +263,12 @@ def test_token_guards_gallery_changes_and_optionally_everything(tmp_path):
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
             r = client.post("/gallery", files=_upload(), headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert client.delete("/gallery/0").status_code == 401
+        assert client.delete("/gallery/1").status_code == 401
         assert client.get("/health").json()["images"] == 3  # nothing changed
         assert client.post("/search", files={"image": ("q.png", _png(1), "image/png")}).status_code == 200
         added = client.post("/gallery", files=_upload(), headers=auth)
         assert added.status_code == 200 and added.json()["images"] == 4
-        assert client.delete("/gallery/0", headers=auth).json() == {"removed": 0, "images": 3}
+        assert client.delete("/gallery/1", headers=auth).json() == {"removed": 1, "images": 3}
     app = create_app(tmp_path / "i", HashEmbedder(), access=Access(token=TOKEN, protect_all=True))
     with serving(app) as client:
         assert client.get("/health").status_code == 401
@@ -445,3 +468,34 @@ def test_queued_requests_of_clients_that_left_are_dropped(tmp_path):
             upload.join(20)
         assert client.post("/search", files={"image": ("q.png", _png(1), "image/png")}).status_code == 200
         assert embedder.calls - before == 2  # the upload and the last search: the abandoned ones were skipped
+
+
+def test_a_refused_write_is_a_507_and_stores_nothing(service):
+    _, tmp = service
+
+    class Fixed:
+        def embed(self, images):
+            return np.ones((len(images), 512), np.float32)
+
+    build_index(tmp / "features" / "gallery.npz", tmp / "full", engine="numpy").close()
+    (tmp / "full" / "uploads").write_bytes(b"")  # a file where the upload folder goes: every write fails
+    with serving(create_app(tmp / "full", Fixed())) as client:
+        r = client.post("/gallery", files=[("images", ("n.png", _png(77), "image/png"))])
+        assert r.status_code == 507 and "could not store" in r.json()["detail"]
+        assert client.get("/health").json()["images"] == 8  # memory ...
+        with open_gallery(tmp / "full") as stored:
+            assert stored.count() == 8  # ... and disk agree: nothing was added
+
+
+def test_bad_gallery_metadata_is_a_422_and_stores_nothing(tmp_path):
+    app = create_app(_small_index(tmp_path / "i"), HashEmbedder())
+    with serving(app) as client:
+        for form, text in [({"attributes": "[1, 2]"}, "must be a JSON object"),
+                           ({"attributes": '{"speed": NaN}'}, "not JSON"),  # Python reads NaN, JSON has none
+                           ({"attributes": '{"note": "\\ud800"}'}, "surrogate"),  # a lone surrogate: not UTF-8
+                           ({"attributes": "{"}, "Expecting"),
+                           ({"captured_at": "soon"}, "'soon' is not a time")]:
+            r = client.post("/gallery", files=_upload(), data=form)
+            assert r.status_code == 422 and text in r.json()["detail"], (form, r.text)
+        assert client.get("/health").json()["images"] == 3
+        assert not (tmp_path / "i" / "uploads").exists()  # no file written either

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_index import _brute, _gallery
+from test_index import _brute, _gallery, _index
 from test_metrics import brute_force, brute_force_aic, random_problem
 from test_rerank import clustered, dense_rerank
 
 from vreid.errors import VreidError
 from vreid.retrieval import evaluate, evaluate_aic, k_reciprocal_rerank
 from vreid.retrieval.accel import retrieval_device
-from vreid.retrieval.index import GalleryIndex
+from vreid.retrieval.index import SearchFilter
 
 
 @pytest.mark.parametrize("k1, k2, lambda_value", [(20, 6, 0.3), (7, 1, 0.5), (50, 15, 0.5)])
@@ -59,14 +59,19 @@ def test_evaluate_on_a_torch_device_matches_brute_force(seed, use_cams):
 
 
 def test_search_on_a_torch_device_matches_brute_force():
-    feats, paths, vids, cams = _gallery()
-    index = GalleryIndex.from_features(feats, paths, vids, cams, engine="numpy")
+    feats, cams, tracks, times = _gallery()
+    index = _index(feats, cams, tracks, times, engine="numpy")
     queries = np.random.default_rng(1).normal(size=(7, feats.shape[1])).astype(np.float32)
     got = index.search(queries, top_k=10, device="cpu")
     numpy_hits = index.search(queries, top_k=10)
     for q, hits, ref in zip(queries, got, numpy_hits, strict=True):
         assert [h.id for h in hits] == _brute(feats, np.arange(len(feats)), q, 10)
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], atol=1e-5)
+    # with a filter, only the rows that pass, on the device as with numpy
+    where = SearchFilter(cameras=("c1",))
+    for q, hits in zip(queries, index.search(queries, top_k=5, where=where, device="cpu"), strict=True):
+        alive = [i for i in range(len(feats)) if cams[i] == "c1"]
+        assert [h.id for h in hits] == _brute(feats[alive], alive, q, 5)
 
 
 def test_retrieval_device_choice():
@@ -86,8 +91,8 @@ def test_small_blocks_give_the_same_results(monkeypatch):
     q, g = clustered(30, 200, 64, seed=6)
     whole = k_reciprocal_rerank(q, g, 20, 6, 0.3, device="cpu")
     distmat, qids, gids, qcams, gcams = random_problem(1)
-    feats, paths, vids, cams = _gallery()
-    index = GalleryIndex.from_features(feats, paths, vids, cams, engine="numpy")
+    feats, cams, tracks, times = _gallery()
+    index = _index(feats, cams, tracks, times, engine="numpy")
     queries = feats[:9] + 0.1
     before = evaluate(distmat, qids, gids, qcams, gcams, device="cpu"), index.search(queries, 5, device="cpu")
     monkeypatch.setattr(accel, "_BLOCK_ELEMENTS", {"cpu": 700, "cuda": 700})

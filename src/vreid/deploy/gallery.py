@@ -1,92 +1,139 @@
-"""A gallery index on disk with the model that embeds its queries: `vreid index ...`, `vreid search`, the service.
+"""A gallery with the model that embeds its queries: `vreid index ...`, `vreid search`, the service.
 
-An index folder holds the :class:`~vreid.retrieval.index.GalleryIndex` files and ``config.yaml``, the config of
-the model that extracted the gallery (copied from beside the features file), so that searching embeds queries
-with that same model unless another config is given.
+A gallery (see :mod:`vreid.deploy.store`: a SQLite file or a Milvus collection, named by a URI or a plain path)
+stores the config of the model that extracted it (copied from beside the features file), so that searching
+embeds queries with that same model unless another config is given.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from vreid.data.images import read_image
 from vreid.data.records import ImageRecord
+from vreid.deploy.store import Gallery, Hit, Sighting, create_gallery, open_gallery
 from vreid.engine.extract import FeatureSet
 from vreid.errors import VreidError
-from vreid.retrieval.index import MANIFEST, GalleryIndex, Hit
+from vreid.retrieval.index import SearchFilter
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIG = "config.yaml"
+MODEL_CONFIG = "config.yaml"  # written by `vreid extract` beside the features
 
 
-def build_index(features: str | Path, out: str | Path, overwrite: bool = False, **options: Any) -> GalleryIndex:
-    """``vreid index build``: a FeatureSet file (``vreid extract``) -> an index folder."""
-    out = Path(out)
-    if (out / MANIFEST).exists() and not overwrite:
-        raise VreidError(f"{out} already holds an index: pass --overwrite to replace it")
+def build_index(features: str | Path, out: str | Path, overwrite: bool = False, **options: Any) -> Gallery:
+    """``vreid index build``: a FeatureSet file (``vreid extract``) -> a new gallery at ``out`` (URI or path)."""
     gallery = FeatureSet.load(features)
-    if len(gallery) == 0:
+    if len(gallery) == 0 or gallery.features.ndim != 2:
         raise VreidError(f"{features}: no features to index")
-    index = GalleryIndex.from_features(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
-                                       gallery.track_ids, **options)
-    index.save(out)
-    config = Path(features).with_name(MODEL_CONFIG)
-    if config.is_file():
-        shutil.copyfile(config, out / MODEL_CONFIG)
-    else:
-        (out / MODEL_CONFIG).unlink(missing_ok=True)  # an overwritten index must not keep another model's config
-        log.warning("no %s beside %s: give --config-file when searching this index", MODEL_CONFIG, features)
-    log.info("index %s: %d images, %d-d, %s (%s)", out, len(index), index.dim, index.kind, index.engine)
-    return index
+    store = create_gallery(out, int(gallery.features.shape[1]), overwrite=overwrite, **options)
+    try:
+        _add(store, gallery)
+        config = Path(features).with_name(MODEL_CONFIG)
+        if config.is_file():
+            store.set_model_config(config.read_text())
+        else:
+            log.warning("no %s beside %s: give --config-file when searching this gallery", MODEL_CONFIG, features)
+    except BaseException:
+        store.close()
+        raise
+    log.info("gallery %s: %d images, %d-d", out, len(gallery), store.dim)
+    return store
 
 
-def index_config(index_dir: str | Path, config_file: str | None = None, opts: Sequence[str] = ()):
-    """The model config for an index: ``config_file`` if given, else the index's own ``config.yaml``."""
+def index_config(gallery: Gallery, config_file: str | None = None, opts: Sequence[str] = ()):
+    """The model config for a gallery: ``config_file`` if given, else the one stored in the gallery."""
+    import tempfile
+
     from vreid.config import load_config
 
-    if config_file is None:
-        stored = Path(index_dir) / MODEL_CONFIG
-        if not stored.is_file():
-            raise VreidError(f"{index_dir} has no {MODEL_CONFIG} (the features had none beside them): give the "
-                             "model with --config-file F TEST.WEIGHT W")
-        config_file = str(stored)
-    return load_config(config_file, opts)
+    if config_file is not None:
+        return load_config(config_file, opts)
+    stored = gallery.model_config
+    if stored is None:
+        raise VreidError(f"{gallery.uri} has no model config (the features had no {MODEL_CONFIG} beside them): give "
+                         "the model with --config-file F TEST.WEIGHT W")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_CONFIG
+        path.write_text(stored)
+        return load_config(str(path), opts)
 
 
-def check_model_fits(index: GalleryIndex, embedder, where: str | Path) -> None:
-    """The model must give features of the index's size (a different model would mix embedding spaces)."""
+def check_model_fits(gallery: Gallery, embedder, where: str | Path) -> None:
+    """The model must give features of the gallery's size (a different model would mix embedding spaces)."""
     dim = int(embedder.embed([Image.new("RGB", (64, 64))]).shape[1])
-    if dim != index.dim:
-        raise VreidError(f"{where}: the index holds {index.dim}-d features but the model gives {dim}-d: use the "
+    if dim != gallery.dim:
+        raise VreidError(f"{where}: the index holds {gallery.dim}-d features but the model gives {dim}-d: use the "
                          f"config and weights that extracted the gallery")
 
 
-def _add(index: GalleryIndex, gallery: FeatureSet) -> list[int]:
-    return index.add(gallery.features, gallery.paths, gallery.vehicle_ids, gallery.camera_ids,
-                     gallery.track_ids).tolist()
+def parse_time(text: str | float | None, what: str) -> float | None:
+    """A capture time: seconds since the epoch, or ISO 8601 (UTC unless it names a zone) -> epoch seconds."""
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        try:
+            moment = datetime.fromisoformat(str(text))
+        except ValueError:
+            raise VreidError(f"{what}: {text!r} is not a time (seconds since the epoch, or ISO 8601 such as "
+                             "2026-12-01T08:30:00)") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    if not math.isfinite(value):
+        raise VreidError(f"{what}: {text!r} is not a finite time")
+    return value
 
 
-def add_features(index: GalleryIndex, features: str | Path) -> list[int]:
+def search_filter(cameras: Sequence[str] = (), tracks: Sequence[str] = (), time_from: str | float | None = None,
+                  time_to: str | float | None = None) -> SearchFilter:
+    """The filter of `vreid search` options and POST /search parameters (times as :func:`parse_time`)."""
+    return SearchFilter(tuple(cameras), tuple(tracks), parse_time(time_from, "time from"),
+                        parse_time(time_to, "time to"))
+
+
+def _sightings(gallery: FeatureSet, captured_at: float | None = None,
+               attributes: Mapping[str, Any] | None = None) -> list[Sighting]:
+    return [Sighting(str(p), str(v), str(c), str(t), captured_at, dict(attributes or {})) for p, v, c, t in
+            zip(gallery.paths, gallery.vehicle_ids, gallery.camera_ids, gallery.track_ids, strict=True)]
+
+
+def _add(store: Gallery, gallery: FeatureSet, captured_at: float | None = None,
+         attributes: Mapping[str, Any] | None = None) -> list[int]:
+    return store.add(np.asarray(gallery.features), _sightings(gallery, captured_at, attributes))
+
+
+def add_features(store: Gallery, features: str | Path, captured_at: float | None = None,
+                 attributes: Mapping[str, Any] | None = None) -> list[int]:
     gallery = FeatureSet.load(features)
-    if gallery.features.ndim != 2 or gallery.features.shape[1] != index.dim:
-        raise VreidError(f"{features}: features of shape {gallery.features.shape}, the index holds {index.dim}-d")
-    return _add(index, gallery)
+    if gallery.features.ndim != 2 or gallery.features.shape[1] != store.dim:
+        raise VreidError(f"{features}: features of shape {gallery.features.shape}, the index holds {store.dim}-d")
+    return _add(store, gallery, captured_at, attributes)
 
 
-def add_images(index: GalleryIndex, embedder, records: Sequence[ImageRecord]) -> list[int]:
-    """Embed image files (ids from their records) and add them; the files are read batch by batch."""
-    return _add(index, embedder.embed_records(records))
+def add_images(store: Gallery, embedder, records: Sequence[ImageRecord], captured_at: float | None = None,
+               attributes: Mapping[str, Any] | None = None) -> list[int]:
+    """Embed image files (ids from their records) and add them in one transaction."""
+    return _add(store, embedder.embed_records(records), captured_at, attributes)
 
 
-def search_files(index: GalleryIndex, embedder, paths: Sequence[str | Path], top_k: int,
-                 device: str | None = None) -> list[list[Hit]]:
-    """Embed image files and search them (``device``: see :meth:`GalleryIndex.search`)."""
+def search_files(store: Gallery, embedder, paths: Sequence[str | Path], top_k: int,
+                 where: SearchFilter | None = None, device: str | None = None) -> list[list[Hit]]:
+    """Embed image files and search them (``device``: a torch device for exact in-memory search, see
+    :meth:`vreid.retrieval.index.GalleryIndex.search`)."""
     images = [read_image(p) for p in paths]
-    return index.search(embedder.embed(images), top_k, device=device)
+    return store.search(embedder.embed(images), top_k, where, device=device)
+
+
+__all__ = ["add_features", "add_images", "build_index", "check_model_fits", "index_config", "open_gallery",
+           "parse_time", "search_files", "search_filter"]

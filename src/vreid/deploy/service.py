@@ -1,8 +1,10 @@
 """``vreid serve``: the gallery index and its model behind HTTP (FastAPI).
 
-    GET    /health            status, gallery size, model and index settings
-    POST   /search            multipart field ``image``; query ``top_k`` -> ranked gallery images as JSON
-    POST   /gallery           multipart field(s) ``images`` (+ optional form ``vehicle_id``, ``camera_id``) -> new ids
+    GET    /health            status, gallery size, backend and search settings
+    POST   /search            multipart field ``image``; query ``top_k``, filters ``camera`` and ``track`` (repeat
+                              for several), ``time_from``, ``time_to`` (ISO 8601 or epoch s) -> ranked gallery images
+    POST   /gallery           multipart field(s) ``images`` (+ optional form ``vehicle_id``, ``camera_id``,
+                              ``track_id``, ``captured_at``, ``attributes`` (JSON object)) -> new ids
     DELETE /gallery/{id}      remove one gallery image
 
 Made to face a network (the limits and their HTTP codes are listed in docs/deployment.md):
@@ -13,15 +15,21 @@ Made to face a network (the limits and their HTTP codes are listed in docs/deplo
   body (slow uploads), per-image and per-request pixel counts read from the headers before any pixel is
   decoded, only the JPEG, PNG, WebP and BMP decoders, and a bound on requests decoding and embedding at once;
 - a bad request gets a 4xx with a message and the service keeps serving.
-Decoding and embedding run on a few worker threads of their own, outside the index lock (the lock only covers
-searching and changing the index, so one client adding many images never stalls the searches of others), and a
-queued request whose client has hung up is dropped before any work. Uploaded gallery images are stored under
-``INDEX/uploads/`` (named by content hash) and the index is saved after every change.
+Decoding and embedding run on a few worker threads of their own, outside the gallery lock (the lock only covers
+reading and changing the gallery, so one client adding many images never stalls the searches of others), and a
+queued request whose client has hung up is dropped before any work.
+
+The gallery is a store (vreid.deploy.store: SQLite by default, Milvus optionally). Uploaded gallery images are
+kept in an ``uploads/`` folder beside the gallery database (named by content hash) and every change is one
+database transaction, committed before it is answered: a restart loses nothing, and changes other processes
+commit (`vreid index add`) are searched from the next request on. A change the database refuses (disk full,
+read-only file) is answered 507 and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import io
@@ -49,12 +57,11 @@ except ImportError:
     raise VreidError("the HTTP service needs FastAPI: pip install 'vreid[serve]'") from None
 
 from vreid.deploy.runtime import require
+from vreid.deploy.store import Sighting, open_gallery, upload_folder
 from vreid.fileio import atomic_write_bytes, display_text
-from vreid.retrieval.index import GalleryIndex
 
 log = logging.getLogger(__name__)
 
-UPLOADS = "uploads"
 TOKEN_ENV = "VREID_SERVE_TOKEN"
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -300,16 +307,17 @@ def _hit(hit) -> dict[str, Any]:
     return {k: display_text(v) if isinstance(v, str) else v for k, v in hit.to_dict().items()}
 
 
-def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False,
+def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_only: bool = False,
                access: Access = Access()):
     """The ASGI application (``embedder``: a :class:`vreid.engine.inference.Embedder` or anything with
-    ``embed(list[PIL.Image]) -> np.ndarray``), wrapped in :class:`Guard` and :class:`BodyLimit`."""
-    from vreid.deploy.gallery import check_model_fits
+    ``embed(list[PIL.Image]) -> np.ndarray``; ``index_uri``: a gallery folder or URI, see vreid.deploy.store),
+    wrapped in :class:`Guard` and :class:`BodyLimit`."""
+    from vreid.deploy.gallery import check_model_fits, parse_time, search_filter
 
-    index_dir = Path(index_dir)
-    index = GalleryIndex.load(index_dir)
-    check_model_fits(index, embedder, index_dir)  # refuse to start rather than answer 500 to every request
-    lock = threading.Lock()  # searching and changing the index (never held while decoding or embedding)
+    index = open_gallery(index_uri)
+    uploads = upload_folder(index_uri)
+    check_model_fits(index, embedder, index_uri)  # refuse to start rather than answer 500 to every request
+    lock = threading.Lock()  # reading and changing the gallery (never held while decoding or embedding)
     # decoding and embedding run on these few threads only: it bounds the work at once and the memory too (each
     # thread that decodes a large image keeps its own malloc arena: with the request threads doing it, eight
     # concurrent 25 M-pixel searches held 1.3 GB even when only two decoded at a time)
@@ -317,8 +325,8 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
     app = FastAPI(title="vreid", description="Vehicle re-identification search", version="1")
     started = time.time()
 
-    def received(uploads: list[UploadFile]) -> tuple[list[tuple[bytes, str]], list[ImageHeader]]:
-        files = [(u.file.read(), u.filename or "upload") for u in uploads]
+    def received(files_in: list[UploadFile]) -> tuple[list[tuple[bytes, str]], list[ImageHeader]]:
+        files = [(u.file.read(), u.filename or "upload") for u in files_in]
         return files, check_uploads(files, limits)  # every file checked before any is decoded
 
     def embed(request: Request, files: list[tuple[bytes, str]]):
@@ -337,67 +345,92 @@ def create_app(index_dir: str | Path, embedder, limits: Limits = Limits(), read_
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "images": len(index), "dim": index.dim, "engine": index.engine,
-                "read_only": read_only, "uptime_s": round(time.time() - started, 1), **index.options()}
+        with lock:
+            settings = index.settings()
+        return {"status": "ok", **settings, "read_only": read_only, "uptime_s": round(time.time() - started, 1)}
 
     @app.post("/search")
-    def search(request: Request, image: Annotated[UploadFile, File()],
-               top_k: Annotated[int, Query(ge=1)] = 20) -> dict[str, Any]:
+    def search(request: Request, image: Annotated[UploadFile, File()], top_k: Annotated[int, Query(ge=1)] = 20,
+               camera: Annotated[list[str] | None, Query()] = None, track: Annotated[list[str] | None, Query()] = None,
+               time_from: str | None = None, time_to: str | None = None) -> dict[str, Any]:
         if top_k > limits.max_top_k:
             raise HTTPException(422, f"top_k {top_k} is over the limit of {limits.max_top_k}")
+        try:
+            where = search_filter(camera or (), track or (), time_from, time_to)
+        except VreidError as exc:
+            raise HTTPException(422, str(exc)) from None
         start = time.perf_counter()
         features = embed(request, received([image])[0])
         with lock:
-            hits = index.search(features, top_k)[0]
+            hits = index.search(features, top_k, where)[0]
         return {"results": [_hit(h) for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     def upload_path(data: bytes, kind: str) -> str:
         # stored under their content hash with the suffix of their real format: the same bytes twice are one image
-        return str(index_dir / UPLOADS / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}")
+        return str(uploads / f"{hashlib.sha256(data).hexdigest()[:32]}.{kind}")
 
     @app.post("/gallery")
     def add(request: Request, images: Annotated[list[UploadFile], File()], vehicle_id: Annotated[str, Form()] = "",
-            camera_id: Annotated[str, Form()] = "") -> dict[str, Any]:
+            camera_id: Annotated[str, Form()] = "", track_id: Annotated[str, Form()] = "",
+            captured_at: Annotated[str, Form()] = "", attributes: Annotated[str, Form()] = "") -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         if len(images) > limits.max_files:
             raise HTTPException(413, f"{len(images)} files: at most {limits.max_files} per request")
+        try:
+            when = parse_time(captured_at, "captured_at")
+            extra = json.loads(attributes) if attributes else {}
+            sighting = Sighting("", vehicle_id, camera_id, track_id, when, extra)
+            for text in (vehicle_id, camera_id, track_id, sighting.attributes_json()):
+                text.encode("utf-8")  # a client's mistake is a 422 here, not a refusal by the database (507)
+        except (VreidError, ValueError) as exc:  # json.JSONDecodeError and UnicodeEncodeError are ValueErrors
+            raise HTTPException(422, f"gallery metadata: {exc}") from None
         files, headers = received(images)
         paths = [upload_path(data, SUFFIXES[h.format]) for (data, _), h in zip(files, headers, strict=True)]
         with lock:  # a snapshot, to embed only what the gallery lacks
-            stored = set(index.meta["paths"].tolist())
+            stored = index.ids_of_paths(paths)
         fresh = [j for j, p in enumerate(paths) if p not in stored and p not in paths[:j]]
         features = embed(request, [files[j] for j in fresh]) if fresh else None  # outside the lock: searches go on
         with lock:
-            known = dict(zip(index.meta["paths"].tolist(), index.ids.tolist(), strict=True))
+            known = {p: ids[0] for p, ids in index.ids_of_paths(paths).items()}
             new = [j for j in fresh if paths[j] not in known]  # another request may have added it meanwhile
             if new:
-                rows = [fresh.index(j) for j in new]
-                ids = index.add(features[rows], [paths[j] for j in new], [vehicle_id] * len(new),
-                                [camera_id] * len(new))
-                for j, i in zip(new, ids, strict=True):
-                    atomic_write_bytes(paths[j], files[j][0])
-                    known[paths[j]] = int(i)
-                index.save(index_dir)
-        log.info("gallery: added %d images (now %d)", len(new), len(index))
-        return {"added": [{"id": known[p], "path": p, "new": j in new} for j, p in enumerate(paths)],
-                "images": len(index)}
+                written = [paths[j] for j in new if not Path(paths[j]).exists()]
+                try:
+                    for j in new:  # the files first: a committed row always has its image
+                        atomic_write_bytes(paths[j], files[j][0])
+                    ids = index.add(features[[fresh.index(j) for j in new]], [
+                        Sighting(paths[j], sighting.vehicle_id, sighting.camera_id, sighting.track_id,
+                                 sighting.captured_at, sighting.attributes) for j in new])
+                except (VreidError, OSError) as exc:
+                    for path in written:  # a refused add leaves no file behind
+                        with contextlib.suppress(OSError):
+                            Path(path).unlink()
+                    log.error("gallery: %s", exc)
+                    raise HTTPException(507, f"the gallery could not store the images: {exc}") from None
+                known.update({paths[j]: int(i) for j, i in zip(new, ids, strict=True)})
+            count = index.count()
+        log.info("gallery: added %d images (now %d)", len(new), count)
+        return {"added": [{"id": known[p], "path": display_text(p), "new": j in new} for j, p in enumerate(paths)],
+                "images": count}
 
     @app.delete("/gallery/{image_id}")
     def remove(image_id: Annotated[int, PathParam(ge=0, le=MAX_ID)]) -> dict[str, Any]:
         if read_only:
             raise HTTPException(403, "this service is read-only (started with --read-only)")
         with lock:
-            paths = index.meta["paths"][index.ids == image_id]
+            found = index.get([image_id])
+            if image_id not in found:
+                raise HTTPException(404, f"no gallery image with id {image_id}")
             try:
                 index.remove([image_id])
-            except VreidError:
-                raise HTTPException(404, f"no gallery image with id {image_id}") from None
-            index.save(index_dir)
-            for path in map(Path, paths):  # an uploaded file goes with its entry; the user's own files stay
-                if path.parent == index_dir / UPLOADS:
-                    path.unlink(missing_ok=True)
-        return {"removed": image_id, "images": len(index)}
+            except VreidError as exc:
+                raise HTTPException(404 if "not in the gallery" in str(exc) else 507, str(exc)) from None
+            path = Path(found[image_id].path)
+            if path.parent == uploads and not index.ids_of_paths([str(path)]):
+                path.unlink(missing_ok=True)  # an uploaded file goes with its last entry; the user's own files stay
+            count = index.count()
+        return {"removed": image_id, "images": count}
 
     return Guard(BodyLimit(app, limits.max_bytes, limits.body_timeout_s), access)
 

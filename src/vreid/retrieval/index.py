@@ -1,44 +1,41 @@
-"""A searchable gallery: embeddings plus what is known about each image, searched exactly or approximately.
+"""In-memory gallery search: unit embeddings with their ids, searched exactly or approximately, with filters.
 
-The arrays kept here (ids, L2-normalised features, paths, vehicle/camera/track ids) are the source of truth;
-a FAISS index, when FAISS is installed and asked for, is an accelerator built from them and saved beside them.
-Scores are cosine similarities (inner products of unit vectors): higher is more similar.
+This is the search structure only; a gallery's store of record (its database: see :mod:`vreid.deploy.store`)
+feeds it row by row as changes are committed. Scores are cosine similarities (inner products of unit vectors):
+higher is more similar.
 
 Kinds: ``exact`` (brute force; numpy or FAISS flat), ``ivf`` (FAISS inverted lists: ``nlist`` k-means cells,
 ``nprobe`` searched) and ``hnsw`` (FAISS graph, ``hnsw_m`` links, ``ef_search``) for galleries of millions.
 Without FAISS every kind falls back to the exact numpy search (slower, never less accurate); an IVF index whose
-gallery has shrunk below its list count falls back to exact FAISS search the same way.
+gallery is too small to train its lists searches exactly with FAISS until it is large enough.
 
-Adding and removing images never rebuilds the whole index: rows are appended or deleted, FAISS flat and IVF
-indexes add/remove by id, and HNSW (which cannot delete) hides removed ids until they exceed a tenth of the
-gallery, then rebuilds once.
+Adding and removing never rebuilds the whole index: rows are appended to arrays that grow geometrically (an add
+costs its own size, amortised), removed rows are tombstoned and hidden from the FAISS structure, and both are
+compacted once tombstones exceed a tenth of the gallery. Filtered searches (camera, track, capture-time window)
+are exact over the rows that pass the filter.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import uuid
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from vreid.errors import VreidError
-from vreid.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 KINDS = ("exact", "ivf", "hnsw")
 ENGINES = ("auto", "numpy", "faiss")
-FORMAT = "vreid-gallery-index"
-MANIFEST = "index.json"  # names the current arrays and FAISS files: written last, so a crash keeps the old state
-META = ("paths", "vehicle_ids", "camera_ids", "track_ids")
-REBUILD_FRACTION = 0.1  # HNSW: rebuild once hidden (removed) entries exceed this share of the gallery
+REBUILD_FRACTION = 0.1  # compact arrays / rebuild FAISS once tombstones exceed this share of the gallery
 NUMPY_BLOCK_BYTES = 256 * 2**20  # numpy search: scores of a block of queries against the whole gallery
+GROWTH = 1.25  # arrays grow by this factor (and at least MIN_GROWTH rows): amortised O(1) appends
+MIN_GROWTH = 1024
+SUBSET_FRACTION = 0.25  # a filter passing fewer rows than this share: score only those rows
 
 
 def _faiss():
@@ -50,23 +47,39 @@ def _faiss():
     return faiss
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
+class Match(NamedTuple):
+    """One search result of the in-memory index: the gallery id and its cosine similarity."""
 
-    rank: int
     id: int
     score: float
-    path: str
-    vehicle_id: str
-    camera_id: str
-    track_id: str
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which gallery rows a search may return: empty tuples and None bounds mean "any". A time bound keeps only
+    rows with a capture time inside the closed window [time_from, time_to] (seconds since the epoch)."""
+
+    cameras: tuple[str, ...] = ()
+    tracks: tuple[str, ...] = ()
+    time_from: float | None = None
+    time_to: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_from is not None and self.time_to is not None and self.time_from > self.time_to:
+            raise VreidError(f"search filter: the time window ends ({self.time_to}) before it starts "
+                             f"({self.time_from})")
+
+    @property
+    def empty(self) -> bool:
+        return not self.cameras and not self.tracks and self.time_from is None and self.time_to is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"cameras": list(self.cameras), "tracks": list(self.tracks), "time_from": self.time_from,
+                "time_to": self.time_to}
 
 
-def _unit(features: np.ndarray, what: str) -> np.ndarray:
+def unit_rows(features: np.ndarray, what: str) -> np.ndarray:
+    """Float32 rows scaled to unit length; a clear error for a non-matrix or non-finite values."""
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2:
         raise VreidError(f"{what}: expected a 2-D feature matrix, got shape {features.shape}")
@@ -76,19 +89,45 @@ def _unit(features: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(features / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def search_queries(queries: np.ndarray, dim: int, top_k: int) -> np.ndarray:
+    """Queries as unit rows of the gallery's dimension, and a valid ``top_k``, or a clear error."""
+    queries = unit_rows(queries, "search")
+    if queries.shape[1] != dim:
+        raise VreidError(f"search: queries have {queries.shape[1]} dimensions, the gallery {dim}")
+    if top_k < 1:
+        raise VreidError(f"search: top_k must be >= 1, got {top_k}")
+    return queries
+
+
+class _Codes:
+    """Strings as small integer codes (cameras, tracks: few distinct values), so a filter is an ``isin``."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self.lookup: dict[str, int] = {}
+
+    def encode(self, values: Iterable[str]) -> np.ndarray:
+        out = []
+        for v in values:
+            code = self.lookup.get(v)
+            if code is None:
+                code = self.lookup[v] = len(self.values)
+                self.values.append(v)
+            out.append(code)
+        return np.asarray(out, dtype=np.int32)
+
+    def known(self, values: Iterable[str]) -> np.ndarray:
+        return np.asarray([self.lookup[v] for v in values if v in self.lookup], dtype=np.int32)
+
+
 class GalleryIndex:
-    """Gallery features and metadata with exact or approximate top-k search; see the module docstring."""
+    """Gallery embeddings with exact or approximate top-k search and filters; see the module docstring."""
 
     def __init__(self, dim: int, kind: str = "exact", engine: str = "auto", nlist: int = 0, nprobe: int = 16,
                  hnsw_m: int = 32, ef_search: int = 128):
         """``engine``: auto (FAISS when installed), numpy, or faiss (an error without FAISS); ``nlist`` 0 lets
         the IVF list count follow the gallery size at every (re)build."""
-        if kind not in KINDS:
-            raise VreidError(f"index kind {kind!r}: choose from {', '.join(KINDS)}")
-        if engine not in ENGINES:
-            raise VreidError(f"index engine {engine!r}: choose from {', '.join(ENGINES)}")
-        if dim < 1 or nprobe < 1 or hnsw_m < 2 or ef_search < 1 or nlist < 0:
-            raise VreidError("index options: dim, nprobe, ef_search must be >= 1, hnsw_m >= 2, nlist >= 0")
+        check_options(dim, kind, engine, nlist, nprobe, hnsw_m, ef_search)
         faiss = _faiss()
         if engine == "faiss" and faiss is None:
             raise VreidError("index engine 'faiss' asked for but FAISS is not installed: pip install faiss-cpu")
@@ -99,75 +138,135 @@ class GalleryIndex:
             log.warning("%s: the %s index runs as exact numpy search", "numpy engine chosen" if engine == "numpy"
                         else "FAISS is not installed", kind)
         self.trained_nlist = 0  # IVF lists of the current FAISS index (0: none built)
-        self.ids = np.zeros(0, np.int64)
-        self.features = np.zeros((0, dim), np.float32)
-        self.meta = {k: np.zeros(0, dtype=str) for k in META}
-        self.next_id = 0
-        self.hidden: set[int] = set()  # removed from the arrays but still inside an HNSW graph
+        self._n = 0  # rows used in the buffers below (alive and tombstoned)
+        self._ids = np.zeros(0, np.int64)  # increasing
+        self._features = np.zeros((0, dim), np.float32)
+        self._alive = np.zeros(0, bool)
+        self._camera = np.zeros(0, np.int32)
+        self._track = np.zeros(0, np.int32)
+        self._time = np.zeros(0, np.float64)  # NaN: capture time unknown
+        self._cameras, self._tracks = _Codes(), _Codes()
+        self.dead = 0  # tombstoned rows
+        self.hidden: set[int] = set()  # removed ids still inside the FAISS structure
         self._index = None  # the FAISS accelerator, built lazily
 
     # ------------------------------------------------------------------------------------------------ contents
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._n - self.dead
 
-    def add(self, features: np.ndarray, paths: Sequence[str], vehicle_ids: Sequence[str] | None = None,
-            camera_ids: Sequence[str] | None = None, track_ids: Sequence[str] | None = None) -> np.ndarray:
-        """Append images; returns their new ids (never reused)."""
-        features = _unit(features, "add")
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids of the rows in the gallery, increasing."""
+        return self._ids[:self._n][self._alive[:self._n]]
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._features[:self._n][self._alive[:self._n]]
+
+    def options(self) -> dict[str, Any]:
+        return {"kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
+                "ef_search": self.ef_search}
+
+    def reserve(self, extra: int, exact: bool = True) -> None:
+        """Room for ``extra`` more rows (``exact`` False: at least a growth step, so appends are amortised)."""
+        need = self._n + extra
+        if need <= len(self._ids):
+            return
+        size = need if exact else max(need, int(len(self._ids) * GROWTH), len(self._ids) + MIN_GROWTH)
+
+        def grow(a: np.ndarray, fill: Any) -> np.ndarray:
+            out = np.full((size, *a.shape[1:]), fill, dtype=a.dtype)
+            out[:self._n] = a[:self._n]
+            return out
+
+        self._ids, self._features, self._alive = grow(self._ids, 0), grow(self._features, 0), grow(self._alive, False)
+        self._camera, self._track, self._time = grow(self._camera, 0), grow(self._track, 0), grow(self._time, np.nan)
+
+    def add(self, ids: Sequence[int] | np.ndarray, features: np.ndarray, camera_ids: Sequence[str] | None = None,
+            track_ids: Sequence[str] | None = None, times: Sequence[float | None] | None = None) -> None:
+        """Append rows under the given ids, which must be larger than every id seen so far (a store hands them
+        out increasing); ``times`` are capture times in seconds since the epoch, None where unknown."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        features = unit_rows(features, "add")
         n = len(features)
         if features.shape[1] != self.dim:
             raise VreidError(f"add: features have {features.shape[1]} dimensions, the index {self.dim}")
-        columns = {"paths": paths, "vehicle_ids": vehicle_ids, "camera_ids": camera_ids, "track_ids": track_ids}
+        columns = {"ids": ids, "camera_ids": camera_ids, "track_ids": track_ids, "times": times}
         for name, values in columns.items():
             if values is not None and len(values) != n:
                 raise VreidError(f"add: {n} features but {len(values)} {name}")
-        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id += n
-        self.ids = np.concatenate([self.ids, ids])
-        self.features = np.concatenate([self.features, features])
-        for name, values in columns.items():
-            new = np.array(["" if v is None else str(v) for v in (values if values is not None else [""] * n)],
-                           dtype=str)
-            self.meta[name] = np.concatenate([self.meta[name].astype(str), new])
+        if n == 0:
+            return
+        last = self._ids[self._n - 1] if self._n else -1
+        if np.any(np.diff(ids) <= 0) or ids[0] <= last:
+            raise VreidError(f"add: ids must increase past the last one ({last}); got {ids[:5].tolist()}...")
+        self.reserve(n, exact=False)
+        rows = slice(self._n, self._n + n)
+        self._ids[rows], self._features[rows], self._alive[rows] = ids, features, True
+        self._camera[rows] = self._cameras.encode([str(c or "") for c in (camera_ids or [""] * n)])
+        self._track[rows] = self._tracks.encode([str(t or "") for t in (track_ids or [""] * n)])
+        self._time[rows] = [np.nan if t is None else float(t) for t in (times or [None] * n)]
+        self._n += n
         if self._index is not None:
             if self.kind == "ivf" and not self.trained_nlist:
                 self._index = None  # searched exactly while too small to train: try IVF again at the next search
             else:
                 self._index.add_with_ids(features, ids)
-        return ids
 
-    def remove(self, ids: Sequence[int]) -> int:
-        """Remove images by id; unknown ids are an error (nothing is removed then)."""
+    def contains(self, id_: int) -> bool:
+        j = int(np.searchsorted(self._ids[:self._n], id_))
+        return j < self._n and int(self._ids[j]) == id_ and bool(self._alive[j])
+
+    def positions(self, ids: Iterable[int]) -> np.ndarray:
+        """Row positions of gallery ids; unknown or removed ids are an error naming them."""
         ids = np.unique(np.asarray(list(ids), dtype=np.int64))
-        keep = ~np.isin(self.ids, ids)
-        unknown = sorted(set(ids.tolist()) - set(self.ids[~keep].tolist()))
-        if unknown:
-            raise VreidError(f"remove: ids not in the gallery: {unknown[:10]}")
-        self.ids, self.features = self.ids[keep], self.features[keep]
-        for name in META:
-            self.meta[name] = self.meta[name][keep]
-        if self._index is not None:
-            if self.kind == "hnsw":
-                self.hidden.update(ids.tolist())
-                if len(self.hidden) > REBUILD_FRACTION * max(len(self), 1):
-                    self._index = None  # rebuilt on the next search
-            else:
-                faiss = _faiss()
-                self._index.remove_ids(faiss.IDSelectorBatch(ids))
-        return len(ids)
+        pos = np.searchsorted(self._ids[:self._n], ids)
+        found = (pos < self._n) & (self._ids[np.minimum(pos, max(self._n - 1, 0))] == ids) if self._n else \
+            np.zeros(len(ids), bool)
+        found[found] &= self._alive[pos[found]]
+        if not found.all():
+            raise VreidError(f"remove: ids not in the gallery: {ids[~found][:10].tolist()}")
+        return pos
 
-    def ids_of_paths(self, paths: Sequence[str]) -> list[int]:
-        lookup = {p: int(i) for p, i in zip(self.meta["paths"], self.ids, strict=True)}
-        missing = [p for p in paths if p not in lookup]
-        if missing:
-            raise VreidError(f"not in the gallery: {missing[:5]}")
-        return [lookup[p] for p in paths]
+    def remove(self, ids: Iterable[int]) -> int:
+        """Remove rows by id; unknown ids are an error (nothing is removed then)."""
+        pos = self.positions(ids)
+        self._alive[pos] = False
+        self.dead += len(pos)
+        if self._index is not None:
+            self.hidden.update(self._ids[pos].tolist())
+        if self.dead > REBUILD_FRACTION * max(len(self), 1):
+            self._compact()
+        return len(pos)
+
+    def _compact(self) -> None:
+        keep = np.flatnonzero(self._alive[:self._n])
+        for name in ("_ids", "_features", "_alive", "_camera", "_track", "_time"):
+            setattr(self, name, getattr(self, name)[keep].copy())
+        self._n, self.dead, self.hidden, self._index = len(keep), 0, set(), None  # FAISS rebuilt on the next search
 
     # -------------------------------------------------------------------------------------------------- search
+    def mask(self, where: SearchFilter | None) -> np.ndarray:
+        """Rows (of the used buffer) that are alive and pass ``where``."""
+        ok = self._alive[:self._n].copy()
+        if where is None:
+            return ok
+        if where.cameras:
+            ok &= np.isin(self._camera[:self._n], self._cameras.known(where.cameras))
+        if where.tracks:
+            ok &= np.isin(self._track[:self._n], self._tracks.known(where.tracks))
+        with np.errstate(invalid="ignore"):  # NaN (unknown time) compares False: outside any window
+            if where.time_from is not None:
+                ok &= self._time[:self._n] >= where.time_from
+            if where.time_to is not None:
+                ok &= self._time[:self._n] <= where.time_to
+        return ok
+
     def _build(self):
         faiss = _faiss()
         n = len(self)
-        nlist = self.nlist or max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39))  # FAISS wants >= 39 points per list
+        features, ids = self.features, self.ids
+        nlist = self.nlist or max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))  # FAISS wants >= 39 per list
         self.trained_nlist = 0
         if self.kind == "ivf" and n < nlist:
             log.warning("ivf index: %d images cannot train %d lists; searching exactly until there are more", n, nlist)
@@ -178,144 +277,73 @@ class GalleryIndex:
         elif self.kind == "ivf" and n >= nlist:
             quantizer = faiss.IndexFlatIP(self.dim)
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(self.features)
+            index.train(features)
             index.nprobe = self.nprobe
             self.trained_nlist = nlist
         else:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         if n:
-            index.add_with_ids(self.features, self.ids)
+            index.add_with_ids(features, ids)
         self.hidden = set()
         return index
 
-    def search(self, queries: np.ndarray, top_k: int = 20, device: str | None = None) -> list[list[Hit]]:
-        """The ``top_k`` most similar gallery images of every query, best first.
-
-        ``device``: a torch device ("cuda") for the exact numpy engine's products and top-k
-        (:mod:`vreid.retrieval.accel`); ``None`` (default) computes them with numpy.
-        """
-        queries = _unit(queries, "search")
-        if queries.shape[1] != self.dim:
-            raise VreidError(f"search: queries have {queries.shape[1]} dimensions, the index {self.dim}")
-        if top_k < 1:
-            raise VreidError(f"search: top_k must be >= 1, got {top_k}")
-        k = min(top_k, len(self))
-        if k == 0:
-            return [[] for _ in queries]
-        if self.engine == "numpy" and device is not None:
+    def _numpy_search(self, queries: np.ndarray, k: int, ok: np.ndarray, device: str | None = None
+                      ) -> list[list[Match]]:
+        n_ok = int(ok.sum())
+        if device is not None:  # torch on ``device``: the rows that pass, in id order (ties: lower id as below)
             from vreid.retrieval.accel import top_k_similar
 
-            scores, found = top_k_similar(queries, self.features, k, device)
-            rows = [[(int(self.ids[j]), float(v)) for v, j in zip(srow, irow, strict=True)]
+            rows = np.flatnonzero(ok)
+            scores, found = top_k_similar(queries, self._features[rows], k, device)
+            ids = self._ids[rows]
+            return [[Match(int(ids[j]), float(v)) for v, j in zip(srow, irow, strict=True)]
                     for srow, irow in zip(scores, found, strict=True)]
-        elif self.engine == "numpy":
-            rows = []
-            block = max(1, min(1024, NUMPY_BLOCK_BYTES // (16 * len(self))))  # scores + argpartition, bounded
-            for start in range(0, len(queries), block):
-                scores = queries[start:start + block] @ self.features.T
-                part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                for r in range(len(part)):
-                    order = part[r][np.lexsort((part[r], -scores[r, part[r]]))]
-                    rows.append([(int(self.ids[j]), float(scores[r, j])) for j in order])
-        else:
-            if self._index is None:
-                self._index = self._build()
-            fetch = min(k + len(self.hidden), len(self) + len(self.hidden))
-            scores, found = self._index.search(queries, fetch)
-            rows = [[(int(i), float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0 and int(i) not in
-                     self.hidden][:k] for srow, irow in zip(scores, found, strict=True)]
-        return [[self._hit(rank, i, s) for rank, (i, s) in enumerate(row, 1)] for row in rows]
+        subset = n_ok < SUBSET_FRACTION * self._n
+        rows = np.flatnonzero(ok) if subset else None
+        gallery = self._features[rows] if subset else self._features[:self._n]
+        ids = self._ids[rows] if subset else self._ids[:self._n]
+        masked = not subset and n_ok < self._n
+        out = []
+        block = max(1, min(1024, NUMPY_BLOCK_BYTES // (16 * max(len(gallery), 1))))  # scores + argpartition
+        for start in range(0, len(queries), block):
+            scores = queries[start:start + block] @ gallery.T
+            if masked:
+                scores[:, ~ok] = -np.inf
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for r in range(len(part)):
+                order = part[r][np.lexsort((ids[part[r]], -scores[r, part[r]]))]
+                out.append([Match(int(ids[j]), float(scores[r, j])) for j in order])
+        return out
 
-    def _hit(self, rank: int, id_: int, score: float) -> Hit:
-        j = int(np.searchsorted(self.ids, id_))  # ids are increasing (appended so, removal keeps order; checked)
-        if j >= len(self.ids) or self.ids[j] != id_:
-            raise VreidError(f"index inconsistency: id {id_} returned by the search is not in the gallery arrays")
-        m = self.meta
-        return Hit(rank, id_, score, str(m["paths"][j]), str(m["vehicle_ids"][j]), str(m["camera_ids"][j]),
-                   str(m["track_ids"][j]))
+    def search(self, queries: np.ndarray, top_k: int = 20, where: SearchFilter | None = None,
+               device: str | None = None) -> list[list[Match]]:
+        """The ``top_k`` most similar gallery rows of every query that pass ``where``, best first (ties: lower id).
 
-    # ------------------------------------------------------------------------------------------------- storage
-    def options(self) -> dict[str, Any]:
-        return {"kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
-                "ef_search": self.ef_search}
+        ``device``: a torch device ("cuda") for the exact engine's products and top-k (:mod:`vreid.retrieval.accel`);
+        ``None`` (default) computes them with numpy. FAISS kinds ignore it.
+        """
+        queries = search_queries(queries, self.dim, top_k)
+        filtered = where is not None and not where.empty
+        ok = self.mask(where) if filtered or self.engine == "numpy" else None
+        k = min(top_k, len(self) if ok is None else int(ok.sum()))
+        if k == 0:
+            return [[] for _ in queries]
+        if ok is not None:  # numpy engine, or a filter: exact over the rows that pass
+            return self._numpy_search(queries, k, ok, device)
+        if self._index is None:
+            self._index = self._build()
+        fetch = min(k + len(self.hidden), len(self) + len(self.hidden))
+        scores, found = self._index.search(queries, fetch)
+        return [[Match(int(i), float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0 and int(i) not in
+                 self.hidden][:k] for srow, irow in zip(scores, found, strict=True)]
 
-    def save(self, folder: str | Path) -> Path:
-        """New arrays and FAISS files under fresh names, then the manifest naming them, then the old files go:
-        a crash at any point leaves a folder that loads (the old or the new state)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex[:12]
-        arrays = f"gallery.{token}.npz"
-        buffer = io.BytesIO()
-        np.savez(buffer, ids=self.ids, features=self.features, **self.meta)
-        atomic_write_bytes(folder / arrays, buffer.getvalue())
-        faiss_file = ""
-        if self.engine == "faiss" and self._index is not None:
-            faiss_file = f"faiss.{token}.index"
-            atomic_write_bytes(folder / faiss_file, _faiss().serialize_index(self._index).tobytes())
-        manifest = {"format": FORMAT, "version": 1, "dim": self.dim, "count": len(self), "next_id": self.next_id,
-                    "engine": self.engine, "arrays": arrays, "faiss_index": faiss_file, "hidden": sorted(self.hidden),
-                    "trained_nlist": self.trained_nlist, **self.options()}
-        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        for old in [*folder.glob("gallery.*.npz"), *folder.glob("faiss.*.index")]:
-            if old.name not in (arrays, faiss_file):
-                old.unlink(missing_ok=True)
-        return folder
 
-    @classmethod
-    def load(cls, folder: str | Path, engine: str | None = None) -> GalleryIndex:
-        """``engine`` None: the one the index was built with (numpy where FAISS is no longer installed)."""
-        folder = Path(folder)
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise VreidError(f"{folder}: not a gallery index (no {MANIFEST}; build one with `vreid index build`)") \
-                from None
-        except json.JSONDecodeError as exc:
-            raise VreidError(f"{folder / MANIFEST}: broken manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise VreidError(f"{folder / MANIFEST}: not a {FORMAT} manifest")
-        missing = [k for k in ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "next_id", "count")
-                   if type(manifest.get(k)) is not int] + ([] if isinstance(manifest.get("kind"), str) else ["kind"])
-        if missing:
-            raise VreidError(f"{folder / MANIFEST}: broken manifest (missing or invalid: {', '.join(missing)})")
-        if engine is None:
-            engine = "numpy" if manifest.get("engine") == "numpy" else "auto"
-        index = cls(manifest["dim"], manifest["kind"], engine, manifest["nlist"], manifest["nprobe"],
-                    manifest["hnsw_m"], manifest["ef_search"])
-        arrays = folder / manifest.get("arrays", "gallery.npz")
-        try:
-            with np.load(arrays, allow_pickle=False) as data:
-                index.ids, index.features = data["ids"].astype(np.int64), data["features"].astype(np.float32)
-                index.meta = {k: data[k].astype(str) for k in META}
-        except (OSError, KeyError, ValueError) as exc:
-            raise VreidError(f"{arrays}: unreadable gallery arrays ({exc})") from None
-        index.next_id = int(manifest["next_id"])
-        if len(index.ids) != manifest["count"] or index.features.shape[1:] != (index.dim,):
-            raise VreidError(f"{arrays}: holds {index.features.shape} features, the manifest says "
-                             f"{manifest['count']} x {index.dim} (rebuild the index)")
-        if len(index.ids) and (np.any(np.diff(index.ids) <= 0) or index.ids[-1] >= index.next_id):
-            raise VreidError(f"{arrays}: ids are not increasing or reach next_id {index.next_id} (rebuild the index)")
-        faiss_file = folder / manifest["faiss_index"] if manifest.get("faiss_index") else None
-        if index.engine == "faiss" and faiss_file is not None and faiss_file.is_file():
-            faiss = _faiss()
-            loaded = faiss.deserialize_index(np.frombuffer(faiss_file.read_bytes(), dtype=np.uint8))
-            if loaded.ntotal == len(index) + len(manifest.get("hidden", [])):
-                index._index, index.hidden = loaded, set(manifest.get("hidden", []))
-                index.trained_nlist = int(manifest.get("trained_nlist", 0))
-            else:
-                log.warning("%s does not match the gallery arrays: rebuilding it", faiss_file)
-        return index
-
-    @classmethod
-    def from_features(cls, features: np.ndarray, paths: Sequence[str], vehicle_ids: Sequence[str] | None = None,
-                      camera_ids: Sequence[str] | None = None, track_ids: Sequence[str] | None = None,
-                      **options: Any) -> GalleryIndex:
-        features = np.asarray(features)
-        if features.ndim != 2 or len(features) == 0:
-            raise VreidError(f"cannot build an index from features of shape {features.shape}")
-        index = cls(features.shape[1], **options)
-        index.add(features, paths, vehicle_ids, camera_ids, track_ids)
-        if index.engine == "faiss":
-            index._index = index._build()
-        return index
+def check_options(dim: int, kind: str, engine: str, nlist: int = 0, nprobe: int = 16, hnsw_m: int = 32,
+                  ef_search: int = 128) -> None:
+    """Index settings are checked before anything is stored with them."""
+    if kind not in KINDS:
+        raise VreidError(f"index kind {kind!r}: choose from {', '.join(KINDS)}")
+    if engine not in ENGINES:
+        raise VreidError(f"index engine {engine!r}: choose from {', '.join(ENGINES)}")
+    if dim < 1 or nprobe < 1 or hnsw_m < 2 or ef_search < 1 or nlist < 0:
+        raise VreidError("index options: dim, nprobe, ef_search must be >= 1, hnsw_m >= 2, nlist >= 0")
