@@ -194,3 +194,13 @@ def test_real_maskrcnn_from_a_local_state_dict(tmp_path):
     torch.save({"backbone.body.conv1.weight": state["backbone.body.conv1.weight"]}, tmp_path / "bad.pth")
     with pytest.raises(VreidError, match="missing keys"):
         MaskRCNNSource(tmp_path / "bad.pth", **small).predict([image], ["img.png"])
+
+
+def test_a_mask_that_is_not_a_png_is_refused_without_other_decoders(tmp_path):
+    """Masks are read with the PNG decoder alone: a GIF (a format Pillow would otherwise open) is unreadable."""
+    path = tmp_path / "m.png"
+    Image.new("L", (4, 3), 255).save(path, "GIF")
+    with pytest.raises(DatasetError, match="unreadable mask"):
+        read_mask(path)
+    Image.new("L", (4, 3), 255).save(path, "PNG")
+    assert read_mask(path).all()

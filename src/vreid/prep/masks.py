@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from vreid.data.images import read_image
+from vreid.data.images import image_header, read_image
 from vreid.errors import DatasetError, VreidError
 from vreid.fileio import atomic_write_bytes, atomic_write_text
 
@@ -110,11 +110,11 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     8-bit masks are vehicle where >= 128; masks whose maximum is 1 (0/1 PNGs) are vehicle where 1.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=("PNG",)) as img:  # masks are PNG: no other decoder ever runs on them
             values = np.asarray(img.convert("L"))
     except FileNotFoundError:
         raise DatasetError("mask file not found", path=path) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # a decoder's parser can raise nearly anything
         raise DatasetError(f"unreadable mask ({type(exc).__name__}: {exc})", path=path) from None
     if size is not None and (values.shape[1], values.shape[0]) != tuple(size):
         raise DatasetError(f"mask is {values.shape[1]}x{values.shape[0]} but its image is {size[0]}x{size[1]}: "
@@ -278,11 +278,8 @@ class FolderMaskSource(MaskSource):
                 log.debug("no mask for %s (looked for %s)", path, file)
                 masks.append(None)
                 continue
-            try:
-                with Image.open(path) as img:
-                    size = img.size  # the header only: no decode needed to check the size
-            except OSError as exc:
-                raise DatasetError(f"unreadable image ({type(exc).__name__}: {exc})", path=path) from None
+            header = image_header(path)  # the header only, the allowed decoders only, errors naming the file
+            size = (header.width, header.height)
             mask = read_mask(file, size)
             masks.append(mask if mask.any() else None)
         return masks
