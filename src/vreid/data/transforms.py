@@ -84,6 +84,12 @@ def _random_rect(width: int, height: int, min_area: float, max_area: float,
 RESIZE_MODES = ("stretch", "pad")
 
 
+def _scaled(img: Image.Image, scale: float) -> Image.Image:
+    """``img`` with both sides multiplied by ``scale`` (at least 1 pixel), bilinear."""
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.BILINEAR, reducing_gap=None) if size != img.size else img
+
+
 class PadResize:
     """Resize to fit inside ``size`` keeping the aspect ratio, then centre on a canvas of the mean colour.
 
@@ -97,11 +103,9 @@ class PadResize:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         height, width = self.size
-        scale = min(width / img.width, height / img.height)
-        new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        fitted = _scaled(img.convert("RGB"), min(width / img.width, height / img.height))
         canvas = Image.new("RGB", (width, height), self.fill)
-        canvas.paste(img.convert("RGB").resize(new, Image.BILINEAR, reducing_gap=None),
-                     ((width - new[0]) // 2, (height - new[1]) // 2))
+        canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
         return canvas
 
     def __repr__(self) -> str:
@@ -122,11 +126,7 @@ class RandomResolution:
         self.p, self.min_scale = p, min_scale
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        if not _coin(self.p):
-            return img
-        scale = _uniform(self.min_scale, 1.0)
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        return img.resize(size, Image.BILINEAR, reducing_gap=None) if size != img.size else img
+        return _scaled(img, _uniform(self.min_scale, 1.0)) if _coin(self.p) else img
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p}, min_scale={self.min_scale})"
@@ -460,10 +460,10 @@ def build_train_transform(cfg: CfgNode) -> Callable[[Image.Image], torch.Tensor]
 
     steps: list[Callable[..., Any]] = []
     if low_res > 0:
-        min_scale = float(inp.RANDOM_RESOLUTION.MIN_SCALE)
-        if not 0.0 < min_scale <= 1.0:
-            raise ValueError(f"INPUT.RANDOM_RESOLUTION.MIN_SCALE must be in (0, 1], got {min_scale!r}")
-        steps.append(RandomResolution(low_res, min_scale))
+        try:
+            steps.append(RandomResolution(low_res, float(inp.RANDOM_RESOLUTION.MIN_SCALE)))
+        except ValueError as exc:
+            raise ValueError(f"INPUT.RANDOM_RESOLUTION.MIN_SCALE: {exc}") from None
     steps.append(_resize(cfg, size))
     if flip > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip))
