@@ -32,6 +32,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports --config .importlinter
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vreid.deploy.index import SearchFilter
 from vreid.deploy.store import Sighting, create_gallery, open_gallery
-from vreid.retrieval.index import SearchFilter
 
 
 def rows(rng: np.random.Generator, start: int, n: int, dim: int) -> tuple[np.ndarray, list[Sighting]]:

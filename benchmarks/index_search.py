@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from vreid.retrieval.index import GalleryIndex
+from vreid.deploy.index import GalleryIndex
 
 
 def embeddings(n: int, centres: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:

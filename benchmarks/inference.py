@@ -53,7 +53,7 @@ def child(args: argparse.Namespace) -> dict:
     compile_s = 0.0
     if args.backend == "onnxruntime":
         from vreid.deploy.export import export_onnx
-        from vreid.deploy.runtime import OnnxModel
+        from vreid.engine.runtime import OnnxModel
 
         path = export_onnx(model, Path(args.tmp) / f"{args.model}.onnx", (args.size, args.size))
         del model

@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rerank import clustered_features  # noqa: E402
 
+from vreid.deploy.index import GalleryIndex  # noqa: E402
 from vreid.retrieval import evaluate, k_reciprocal_rerank  # noqa: E402
-from vreid.retrieval.index import GalleryIndex  # noqa: E402
 
 K1, K2, LAMBDA = 50, 15, 0.5
 

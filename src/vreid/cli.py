@@ -29,9 +29,20 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
                    help="config overrides, e.g. DATASETS.ROOT_DIR /data OUTPUT_DIR out")
 
 
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), help="sets TEST.BACKEND (default: auto, "
+                   "onnxruntime for an .onnx TEST.WEIGHT)")
+
+
 def _add_retrieval_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where re-ranking, evaluation and search run "
                    "(sets TEST.RETRIEVAL_DEVICE; default auto: CUDA when available, else numpy on the CPU)")
+
+
+def _given(args: argparse.Namespace, **names: str) -> dict:
+    """The options the user gave, as ``{library_name: value}``; the others are left to the library's defaults, so a
+    default is written once, beside the code that uses it (``names`` maps library names to argparse dests)."""
+    return {lib: getattr(args, dest) for lib, dest in names.items() if getattr(args, dest) is not None}
 
 
 def _config(args: argparse.Namespace):
@@ -61,7 +72,7 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     )
     stats = summarize(dataset)
     if args.verify_images:
-        from vreid.data.images import find_unreadable  # imports torch: only when asked
+        from vreid.data.images import find_unreadable
 
         paths = sorted({r.path for records in dataset.splits.values() for r in records})
         bad = find_unreadable(paths)
@@ -126,15 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     train(cfg, resume=args.resume)
     if args.test:
-        from vreid.engine.checkpoint import FINAL_WEIGHTS
-        from vreid.engine.tester import run_test
+        from vreid.engine.tester import run_test, test_config_of_run
 
-        out = Path(cfg.OUTPUT_DIR)
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.TEST.WEIGHT, cfg.OUTPUT_DIR = str(out / f"{FINAL_WEIGHTS}.pth"), str(out / "test")
-        cfg.freeze()
-        run_test(cfg)
+        run_test(test_config_of_run(cfg))
     return 0
 
 
@@ -159,32 +164,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vreid.deploy.export import run_export
 
-    result = run_export(_config(args), args.out, args.format, args.images, args.parity_images, args.min_cosine)
+    result = run_export(_config(args), args.out, args.format, args.images,
+                        **_given(args, count="parity_images", min_cosine="min_cosine"))
     print(f"exported {result['path']} ({result['bytes'] / 2**20:.1f} MB, input {result['size'][0]}x"
           f"{result['size'][1]}, dynamic batch, {result['feature_dim']}-d features)")
     print(f"parity with PyTorch on {result['images']} real images: min cosine {result['min_cosine']:.7f}, "
-          f"mean {result['mean_cosine']:.7f}, max |diff| {result['max_abs_diff']:.2e} (required >= {args.min_cosine})")
+          f"mean {result['mean_cosine']:.7f}, max |diff| {result['max_abs_diff']:.2e} "
+          f"(required >= {result['required_cosine']})")
     return 0
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from vreid.engine.postprocess import load_pair
-    from vreid.engine.tester import report
+    from vreid.engine.results import rerank_saved
 
     cfg = _config(args)
-    cfg.defrost()
-    cfg.TEST.RERANK.ENABLED = True
-    cfg.freeze()
-    query, gallery = load_pair(args.features)
-    out = Path(args.out or cfg.OUTPUT_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    if all(query.vehicle_ids) and all(gallery.vehicle_ids):
-        report(cfg, query, gallery, out)
-    else:  # unlabelled (the AIC21 test set): the distance only, for an ensemble or a submission
-        from vreid.engine.postprocess import final_distance
-
-        atomic_save_npy(out / "distance.npy", final_distance(cfg, query, gallery))
-    log.info("re-ranked distance: %s", out / "distance.npy")
+    log.info("re-ranked distance: %s", rerank_saved(cfg, args.features, args.out or cfg.OUTPUT_DIR))
     return 0
 
 
@@ -201,8 +195,9 @@ def _embedder(args: argparse.Namespace, gallery):
 def cmd_index_build(args: argparse.Namespace) -> int:
     from vreid.deploy.gallery import build_index
 
-    with build_index(args.features, args.out, overwrite=args.overwrite, kind=args.kind, engine=args.engine,
-                     nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search) as gallery:
+    options = _given(args, kind="kind", engine="engine", nlist="nlist", nprobe="nprobe", hnsw_m="hnsw_m",
+                     ef_search="ef_search")
+    with build_index(args.features, args.out, overwrite=args.overwrite, **options) as gallery:
         info = gallery.settings()
     print(f"{args.out}: {info['images']} images, {gallery.dim}-d, {info['kind']} search ({info['backend']})")
     return 0
@@ -237,35 +232,19 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
 
 def cmd_index_remove(args: argparse.Namespace) -> int:
-    from vreid.deploy.gallery import open_gallery
+    from vreid.deploy.gallery import open_gallery, remove_sightings
 
-    bad = [i for i in args.ids if not 0 <= i < 2**63]
-    if bad:
-        raise VreidError(f"--ids {bad[0]}: not a gallery id (ids are 0 .. 2^63-1)")
     with open_gallery(args.index) as gallery:
-        found = gallery.ids_of_paths(args.paths) if args.paths else {}
-        missing = [p for p in args.paths if p not in found]
-        if missing:
-            raise VreidError(f"not in the gallery: {missing[:5]}")
-        ids = [*args.ids, *(i for p in args.paths for i in found[p])]
-        if not ids:
-            raise VreidError("index remove: give --ids and/or --paths")
-        removed = gallery.remove(ids)
+        removed = remove_sightings(gallery, args.ids, args.paths)
         print(f"removed {removed} images; the gallery holds {gallery.count()}")
     return 0
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:
-    from vreid.deploy.gallery import open_gallery
+    from vreid.deploy.gallery import gallery_info, open_gallery
 
     with open_gallery(args.index) as gallery:
-        identities, cameras = set(), set()
-        for batch in gallery.batches():
-            identities.update(s.vehicle_id for s in batch.sightings)
-            cameras.update(s.camera_id for s in batch.sightings)
-        info = {**gallery.settings(), "identities": len(identities - {""}), "cameras": len(cameras - {""}),
-                "model_config": gallery.model_config is not None}
-    print(json.dumps(info, indent=1))
+        print(json.dumps(gallery_info(gallery), indent=1))
     return 0
 
 
@@ -278,19 +257,23 @@ def cmd_index_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from vreid.deploy.gallery import open_gallery, search_files, search_filter
-    from vreid.retrieval.accel import retrieval_device
+    from vreid.deploy.gallery import open_gallery, search_features, search_files, search_filter
+    from vreid.retrieval.device import retrieval_device
 
     where = search_filter(args.camera, args.track, args.time_from, args.time_to)
     with open_gallery(args.index) as gallery:
-        embedder = _embedder(args, gallery)
-        device = retrieval_device(args.device or embedder.cfg.TEST.RETRIEVAL_DEVICE)
-        results = search_files(gallery, embedder, args.image, args.top_k, where, device=device)
+        if args.features:  # saved query features: no model
+            device = retrieval_device(args.device or "auto")
+            queries, results = search_features(gallery, args.features, args.top_k, where, device=device)
+        else:
+            embedder = _embedder(args, gallery)
+            device = retrieval_device(args.device or embedder.cfg.TEST.RETRIEVAL_DEVICE)
+            queries, results = args.image, search_files(gallery, embedder, args.image, args.top_k, where, device=device)
     if args.json:
         print(json.dumps([{"query": q, "results": [h.to_dict() for h in hits]}
-                          for q, hits in zip(args.image, results, strict=True)], indent=1))
+                          for q, hits in zip(queries, results, strict=True)], indent=1))
         return 0
-    for query, hits in zip(args.image, results, strict=True):
+    for query, hits in zip(queries, results, strict=True):
         print(f"query {query}")
         for h in hits:
             print(f"{h.rank:4d}  {h.score:.4f}  id {h.vehicle_id or '-':>8s}  cam {h.camera_id or '-':>5s}  "
@@ -302,9 +285,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vreid.deploy.gallery import open_gallery
     from vreid.deploy.service import Access, Limits, check_bind, create_app, default_hosts, read_token, serve
 
-    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_files=args.max_files,
-                    max_request_pixels=args.max_request_pixels, max_concurrent=args.max_concurrent,
-                    body_timeout_s=args.body_timeout, max_connections=args.max_connections)
+    limits = Limits(**_given(args, max_pixels="max_pixels", max_files="max_files",
+                             max_request_pixels="max_request_pixels", max_concurrent="max_concurrent",
+                             body_timeout_s="body_timeout", max_connections="max_connections"),
+                    **({"max_bytes": int(args.max_upload_mb * 2**20)} if args.max_upload_mb is not None else {}))
     access = Access(token=read_token(args.token_file), protect_all=args.auth_all,
                     allowed_hosts=("*",) if "*" in args.allowed_host else default_hosts(args.host, args.allowed_host),
                     allowed_origins=tuple(args.allowed_origin))
@@ -345,41 +329,18 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from vreid.retrieval.submission import check_track2
-
     if args.check:
-        from vreid.data.formats import aic21
-        from vreid.data.formats.common import find_root, read_name_list
+        from vreid.engine.results import check_submission
 
         if not args.root:
             raise VreidError("--check needs --root, the AIC21 dataset folder (for name_query.txt/name_test.txt)")
-        base = find_root(args.root, (aic21.REAL_FOLDER,), "name_test.txt")
-        num_query = len(read_name_list(base / "name_query.txt"))
-        num_gallery = len(read_name_list(base / "name_test.txt"))
-        problems = check_track2(args.check, num_query, num_gallery, args.top_k)
-        for problem in problems[:50]:
-            log.error("%s", problem)
-        if problems:
-            raise VreidError(f"{args.check}: {len(problems)} problems (first 50 listed above)")
-        log.info("%s is a valid submission: %d queries x %d gallery ids", args.check, num_query, args.top_k)
+        check_submission(args.check, args.root, **_given(args, top_k="top_k"))
         return 0
-    import numpy as np
-
-    from vreid.engine.postprocess import load_pair, ranking
-    from vreid.retrieval.submission import write_track2
+    from vreid.engine.results import write_submission
 
     if not (args.distance and args.features and args.out):
         raise VreidError("submit needs --distance D.npy --features DIR --out track2.txt (or --check FILE --root DIR)")
-    cfg = _config(args)
-    _, gallery = load_pair(args.features)
-    dist = np.load(args.distance, allow_pickle=False)
-    if dist.shape[1] != len(gallery):
-        raise VreidError(f"{args.distance}: {dist.shape[1]} gallery columns, but {args.features} has "
-                         f"{len(gallery)} gallery images")
-    ranked = ranking(cfg, dist, gallery, args.top_k)
-    names = [Path(p).name for p in gallery.paths]
-    path = write_track2(ranked, names, args.out, args.top_k)
-    log.info("submission: %s (%d queries)", path, len(ranked))
+    write_submission(_config(args), args.distance, args.features, args.out, **_given(args, top_k="top_k"))
     return 0
 
 
@@ -410,8 +371,6 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from vreid.data.loader import mask_dir, prepare_training_data
     from vreid.prep.masks import FolderMaskSource, MaskRCNNSource, compute_masks
 
-    if bool(args.weights) == bool(args.mask_folder):
-        raise VreidError("prep masks needs exactly one of --weights (Mask R-CNN, a local file) or --mask-folder")
     cfg = _config(args)
     records = prepare_training_data(cfg).records
     source = MaskRCNNSource(args.weights) if args.weights else FolderMaskSource(args.mask_folder)
@@ -494,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     test = sub.add_parser("test", help="evaluate TEST.WEIGHT on the test query/gallery; writes metrics.json")
-    test.add_argument("--backend", choices=("torch", "onnxruntime"), help="sets TEST.BACKEND (default: auto, "
-                      "onnxruntime for an .onnx TEST.WEIGHT)")
+    _add_backend_arg(test)
     _add_retrieval_device_arg(test)
     _add_config_args(test, required=True)
     test.set_defaults(func=cmd_test)
@@ -504,8 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--splits", default="query,gallery", help="comma-separated splits (default query,gallery)")
     extract.add_argument("--images", metavar="DIR", help="embed every image under DIR instead (recursive) into "
                          "OUTPUT_DIR/gallery.npz; ids from file names matching DATASETS.FOLDER_PATTERN, else empty")
-    extract.add_argument("--backend", choices=("torch", "onnxruntime"), help="sets TEST.BACKEND (default: auto, "
-                         "onnxruntime for an .onnx TEST.WEIGHT)")
+    _add_backend_arg(extract)
     _add_config_args(extract, required=True)
     extract.set_defaults(func=cmd_extract)
 
@@ -513,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="onnx", choices=("onnx",))
     export.add_argument("--images", metavar="DIR", help="real images for the parity check (default: the test "
                         "dataset's query/gallery)")
-    export.add_argument("--parity-images", type=int, default=16, help="how many images the check uses (default 16)")
-    export.add_argument("--min-cosine", type=float, default=0.9999, help="fail below this per-image cosine "
-                        "similarity of the two embeddings (default 0.9999)")
+    export.add_argument("--parity-images", type=int, help="how many images the check uses (default 16)")
+    export.add_argument("--min-cosine", type=float, help="fail below this per-image cosine similarity of the two "
+                        "embeddings (default: vreid.deploy.export.MIN_COSINE, 0.9999)")
     export.add_argument("out", metavar="OUT.onnx", help="file to write")
     _add_config_args(export, required=True)
     export.set_defaults(func=cmd_export)
@@ -548,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--out", help="track2.txt to write")
     submit.add_argument("--check", metavar="FILE", help="validate FILE instead of writing one")
     submit.add_argument("--root", help="AIC21 dataset folder, for --check")
-    submit.add_argument("--top-k", type=int, default=100, help="entries per query (AI City: 100)")
+    submit.add_argument("--top-k", type=int, help="entries per query (default: AI City's 100)")
     _add_config_args(submit)
     submit.set_defaults(func=cmd_submit)
 
@@ -571,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     t_apply.set_defaults(func=cmd_translate_apply)
 
     masks = prep_sub.add_parser("masks", help="foreground masks of the training images, for the background swap")
-    masks.add_argument("--weights", help="Mask R-CNN weights file (torchvision maskrcnn_resnet50_fpn, COCO)")
-    masks.add_argument("--mask-folder", help="use existing masks (PNG, same relative paths) instead")
+    source = masks.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="Mask R-CNN weights file (torchvision maskrcnn_resnet50_fpn, COCO)")
+    source.add_argument("--mask-folder", help="use existing masks (PNG, same relative paths) instead")
     masks.add_argument("--device", default="cpu")
     masks.add_argument("--batch-size", type=int, default=4)
     _add_config_args(masks)
@@ -581,14 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="searchable galleries").add_subparsers(dest="index_command", required=True)
     ibuild = index.add_parser("build", help="FeatureSet (vreid extract) -> index folder")
     ibuild.add_argument("--features", required=True, help="gallery.npz written by `vreid extract`")
-    ibuild.add_argument("--kind", default="exact", choices=("exact", "ivf", "hnsw"),
+    ibuild.add_argument("--kind", choices=("exact", "ivf", "hnsw"),
                         help="exact (default), or approximate for millions of images: ivf, hnsw (need FAISS)")
-    ibuild.add_argument("--engine", default="auto", choices=("auto", "numpy", "faiss"),
+    ibuild.add_argument("--engine", choices=("auto", "numpy", "faiss"),
                         help="auto: FAISS when installed, else numpy (exact)")
-    ibuild.add_argument("--nlist", type=int, default=0, help="ivf: number of lists (0: about 4 sqrt(n))")
-    ibuild.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
-    ibuild.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
-    ibuild.add_argument("--ef-search", type=int, default=128, help="hnsw: search beam width")
+    ibuild.add_argument("--nlist", type=int, help="ivf: number of lists (0: about 4 sqrt(n))")
+    ibuild.add_argument("--nprobe", type=int, help="ivf: lists searched per query (default 16)")
+    ibuild.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
+    ibuild.add_argument("--ef-search", type=int, help="hnsw: search beam width (default 128)")
     ibuild.add_argument("--overwrite", action="store_true", help="replace an existing index in OUT")
     ibuild.add_argument("out", metavar="OUT", help="gallery to create: a folder (FOLDER/gallery.db), "
                         "sqlite:///path/gallery.db, milvus://host:port[/collection] (docs/deployment.md)")
@@ -619,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="the most similar gallery images of query images")
     search.add_argument("--index", required=True, help="gallery folder or URI (`vreid index build`)")
-    search.add_argument("--image", required=True, action="append", help="query image file (repeat for several)")
+    queries = search.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--image", action="append", help="query image file (repeat for several)")
+    queries.add_argument("--features", metavar="Q.npz", help="query features saved by `vreid extract` with the "
+                         "gallery's model (no model is loaded)")
     search.add_argument("--top-k", type=int, default=20)
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_retrieval_device_arg(search)
@@ -635,16 +596,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", required=True, help="gallery folder or URI (`vreid index build`)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body (default 8 MiB)")
-    serve.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image, width x height")
-    serve.add_argument("--max-files", type=int, default=64, help="images per POST /gallery")
+    serve.add_argument("--max-upload-mb", type=float, help="largest request body (default 8 MiB)")
+    serve.add_argument("--max-pixels", type=int, help="largest image, width x height (default 25 MP)")
+    serve.add_argument("--max-files", type=int, help="images per POST /gallery (default 64)")
     serve.add_argument("--read-only", action="store_true", help="refuse gallery changes")
-    serve.add_argument("--max-request-pixels", type=int, default=50_000_000,
-                       help="pixels of all images of one request together (bounds its memory)")
-    serve.add_argument("--max-concurrent", type=int, default=2, help="requests decoding and embedding at once")
-    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
-                       help="seconds for a whole request body to arrive (408 after)")
-    serve.add_argument("--max-connections", type=int, default=64, help="open connections (503 beyond)")
+    serve.add_argument("--max-request-pixels", type=int,
+                       help="pixels of all images of one request together (bounds its memory; default 50 MP)")
+    serve.add_argument("--max-concurrent", type=int, help="requests decoding and embedding at once (default 2)")
+    serve.add_argument("--body-timeout", type=float, metavar="S",
+                       help="seconds for a whole request body to arrive (408 after; default 30)")
+    serve.add_argument("--max-connections", type=int, help="open connections (503 beyond; default 64)")
     serve.add_argument("--token-file", metavar="F", help="bearer token for gallery changes (first line of F; "
                        "default: the environment variable VREID_SERVE_TOKEN, if set)")
     serve.add_argument("--auth-all", action="store_true", help="ask the token for every endpoint, searches too")

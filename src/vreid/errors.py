@@ -6,7 +6,9 @@ expected. The command line catches :class:`VreidError`, logs its message and exi
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 
 
 class VreidError(Exception):
@@ -31,3 +33,11 @@ class DatasetError(VreidError):
 
 class UnlabelledSplitError(DatasetError):
     """Evaluation was asked of a split whose identities are unknown (e.g. the AIC21 test set)."""
+
+
+def require_package(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or say which extra of vreid installs it (a missing package is bad input too)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise VreidError(f"this needs the Python package {module!r}: pip install 'vreid[{extra}]'") from None

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from vreid.data.background_swap import BackgroundSwap, compose, fill_background, soft_mask
+from vreid.data.masks import load_mask_index
 from vreid.data.records import ImageRecord
 from vreid.errors import DatasetError
-from vreid.prep.masks import FolderMaskSource, compute_masks, load_mask_index
+from vreid.prep.masks import FolderMaskSource, compute_masks
 
 H, W = 12, 16
 BOX = (slice(3, 9), slice(4, 12))  # the vehicle of every test image

@@ -11,10 +11,10 @@ from conftest import SHARED
 from vreid.cli import main
 from vreid.config import load_config
 from vreid.deploy.export import cosine_rows, run_export
-from vreid.deploy.runtime import OnnxModel
-from vreid.engine.extract import FeatureSet
 from vreid.engine.inference import inference_setup, load_inference_model, resolve_backend
+from vreid.engine.runtime import OnnxModel
 from vreid.errors import ConfigError, VreidError
+from vreid.features import FeatureSet
 from vreid.models import build_model
 
 pytest.importorskip("onnxruntime")

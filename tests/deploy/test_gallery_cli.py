@@ -12,7 +12,7 @@ from PIL import Image
 from vreid.cli import main
 from vreid.config import load_config
 from vreid.deploy.store import open_gallery
-from vreid.engine.extract import FeatureSet
+from vreid.features import FeatureSet
 from vreid.models import build_model
 
 

@@ -7,9 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 
+from vreid.deploy.index import SearchFilter
 from vreid.deploy.store import Sighting, create_gallery, open_gallery
 from vreid.errors import VreidError
-from vreid.retrieval.index import SearchFilter
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 HAS_MILVUS_LITE = importlib.util.find_spec("milvus_lite") is not None and importlib.util.find_spec("pymilvus")

@@ -96,3 +96,19 @@ def test_non_finite_weights_are_never_written_over_a_good_checkpoint(tmp_path, w
     with pytest.raises(NonFiniteWeights, match="model_final.pth: not written"):
         save_final_weights(broken, tmp_path)
     assert not (tmp_path / "model_final.pth").exists() and not (tmp_path / "model_final.safetensors").exists()
+
+
+def test_one_reader_for_every_weights_layout(tmp_path):
+    """DDP's ``module.`` prefix and nesting under ``state_dict``/``model`` read the same from .pth and .safetensors
+    (the two readers this replaced disagreed: only one stripped ``module.``, only the other read safetensors)."""
+    from safetensors.torch import save_file
+
+    weights = {"a": torch.randn(2, 3), "b": torch.arange(4)}
+    ddp = {f"module.{k}": v for k, v in weights.items()}
+    torch.save(ddp, tmp_path / "ddp.pth")
+    torch.save({"state_dict": weights, "epoch": 3}, tmp_path / "nested.pth")
+    save_file(ddp, str(tmp_path / "ddp.safetensors"))
+    for name in ("ddp.pth", "nested.pth", "ddp.safetensors"):
+        loaded = model_weights(tmp_path / name)
+        assert set(loaded) == {"a", "b"}, name
+        assert torch.equal(loaded["a"], weights["a"]) and torch.equal(loaded["b"], weights["b"]), name

@@ -14,7 +14,7 @@ import torch
 
 from vreid.config import load_config
 from vreid.data.synth import SynthOptions, generate_city
-from vreid.engine.extract import FeatureSet
+from vreid.features import FeatureSet
 from vreid.models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

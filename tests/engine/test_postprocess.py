@@ -9,9 +9,9 @@ import pytest
 
 from vreid.cli import EXIT_BAD_INPUT, main
 from vreid.config import load_config
-from vreid.engine.extract import FeatureSet
 from vreid.engine.postprocess import final_distance, metrics_from_distance, ranking, ranking_distance
 from vreid.errors import VreidError
+from vreid.features import FeatureSet
 from vreid.retrieval import evaluate, k_reciprocal_rerank
 
 

@@ -53,5 +53,7 @@ def test_resolution_is_logged_in_one_line(monkeypatch, caplog):
 
 def test_config_default_is_auto_and_bad_values_name_the_key():
     assert load_config().SOLVER.AMP == "auto"
-    with pytest.raises(ConfigError, match="SOLVER.AMP"):
-        load_config(opts=["SOLVER.AMP", "half"])
+    from vreid.engine.optim import check_solver_config
+
+    with pytest.raises(ConfigError, match="SOLVER.AMP: 'half' is not one of auto"):
+        check_solver_config(load_config(opts=["SOLVER.AMP", "half"]))

@@ -64,7 +64,7 @@ def test_train_writes_outputs_validates_and_tests(city, tmp_path):
     assert result.returncode == 0
     vreid("extract", "--config-file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth"),
           "OUTPUT_DIR", str(tmp_path / "feats"))
-    from vreid.engine.extract import FeatureSet
+    from vreid.features import FeatureSet
 
     gallery = FeatureSet.load(tmp_path / "feats" / "gallery.npz")
     assert len(gallery) == metrics["num_gallery"]

@@ -80,6 +80,6 @@ def test_empty_or_unknown_losses_are_errors():
     from vreid.errors import ConfigError
 
     with pytest.raises(ConfigError, match="LOSSES.NAMES: unknown loss 'arc'"):
-        load_config(None, ["LOSSES.NAMES", "('arc',)"])
+        build_criterion(load_config(None, ["LOSSES.NAMES", "('arc',)"]))
     with pytest.raises(ValueError, match="at least one loss"):
         build_criterion(load_config(None, ["LOSSES.NAMES", "()"]))

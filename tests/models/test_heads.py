@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vreid.models.heads import BNNeck, GroupLinear, MultiHeadAttention, group_loss
+from vreid.losses.cross_entropy import group_loss
+from vreid.models.heads import BNNeck, GroupLinear, MultiHeadAttention
 
 
 def prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:

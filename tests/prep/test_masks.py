@@ -10,18 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from vreid.data.masks import MASK_INDEX, load_mask_index, mask_key, read_mask
 from vreid.errors import DatasetError, VreidError
-from vreid.prep.masks import (
-    MASK_INDEX,
-    VEHICLE_LABELS,
-    FolderMaskSource,
-    MaskRCNNSource,
-    compute_masks,
-    load_mask_index,
-    mask_key,
-    read_mask,
-    select_vehicle_mask,
-)
+from vreid.prep.masks import VEHICLE_LABELS, FolderMaskSource, MaskRCNNSource, compute_masks, select_vehicle_mask
 
 H, W = 12, 16
 PERSON, CAR, BUS, TRUCK = 1, 3, 6, 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vreid.retrieval.distance import l2_normalize, pairwise_distance
+from vreid.retrieval.distance import l2_normalize, pairwise_distance, smallest_k
 
 
 def brute_euclidean(q, g):
@@ -81,3 +81,18 @@ def test_bad_arguments(features):
         pairwise_distance(q[0], g)
     with pytest.raises(ValueError, match="block"):
         pairwise_distance(q, g, block=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 12, 50])
+def test_smallest_k_equals_a_stable_full_sort(k):
+    rng = np.random.default_rng(k)
+    values = rng.integers(0, 4, size=(9, 12)).astype(np.float32)  # many ties: order must follow the column
+    expected = np.argsort(values, axis=1, kind="stable")[:, :min(k, 12)]
+    np.testing.assert_array_equal(smallest_k(values, k), expected)
+
+
+def test_smallest_k_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        smallest_k(np.zeros((2, 3)), 0)
+    with pytest.raises(ValueError, match="shape"):
+        smallest_k(np.zeros(3), 1)

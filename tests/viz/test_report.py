@@ -20,9 +20,9 @@ from PIL import Image
 from conftest import write_jpeg
 from vreid.cli import EXIT_BAD_INPUT, main
 from vreid.config import load_config
-from vreid.engine.extract import FeatureSet
 from vreid.engine.postprocess import metrics_from_distance, write_per_query
 from vreid.errors import VreidError
+from vreid.features import FeatureSet
 from vreid.viz import ranklist_layout, write_report
 from vreid.viz import report as rp
 

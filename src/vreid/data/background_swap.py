@@ -26,8 +26,8 @@ import torch
 from PIL import Image, ImageFilter
 
 from vreid.data.images import read_image
+from vreid.data.masks import default_root, load_mask_index, mask_key, read_mask
 from vreid.data.records import ImageRecord
-from vreid.prep.masks import default_root, load_mask_index, mask_key, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class BackgroundSwap:
 
     Call it as ``swap(image, path)`` on the decoded RGB image of ``path``, before the other transforms. The
     candidate backgrounds are the images of ``records_or_paths`` with a mask in ``mask_index`` (see
-    :func:`vreid.prep.masks.load_mask_index`; keys are paths relative to ``root``, by default the folder
+    :func:`vreid.data.masks.load_mask_index`; keys are paths relative to ``root``, by default the folder
     holding ``cache_dir``); they are also the only images it swaps. An image without a mask (none found,
     outside ``root``, not listed) is returned unchanged, as is one with no other candidate background. The
     vehicle's mask is feathered outwards by ``feather`` px, the other vehicle's hole grown by ``dilation`` px

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from vreid.data.records import ImageRecord
@@ -139,8 +138,11 @@ def find_unreadable(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return bad
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Records -> ``{"image": transform(PIL image), "index": i}``.
+class ImageDataset:
+    """Records -> ``{"image": transform(PIL image), "index": i}``: a map-style dataset for a torch DataLoader.
+
+    A plain class (a DataLoader needs only ``__len__`` and ``__getitem__``), so that decoding images never imports
+    torch: the report and the service's checks read images without it.
 
     With ``skip_unreadable`` a file that fails to decode yields ``{"skipped": path}`` instead of
     raising; :func:`collate_images` drops it from the batch and lists it under ``"skipped"``.
@@ -176,6 +178,8 @@ def collate_images(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     ``image`` is stacked (tensors) or kept as a list (PIL images); every other field becomes a tensor.
     """
+    import torch  # the batch is torch's; decoding alone never needs it
+
     good = [b for b in batch if "skipped" not in b]
     out: dict[str, Any] = {"skipped": [b["skipped"] for b in batch if "skipped" in b]}
     keys = good[0].keys() if good else ("image", "index")

@@ -18,13 +18,44 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vreid.data.formats import load_dataset
+from vreid.config import check_choice
+from vreid.data.background_swap import FILLS, BackgroundSwap
+from vreid.data.formats import DATASET_NAMES, load_dataset
 from vreid.data.images import collate_images, read_image
-from vreid.data.records import SYNTHETIC, ImageRecord, hold_out_split, relabel
-from vreid.data.samplers import DomainBalancedIdentitySampler, RandomBatchSampler, RandomIdentitySampler
-from vreid.errors import DatasetError
+from vreid.data.masks import MASK_INDEX
+from vreid.data.records import LABEL_KINDS, SYNTHETIC, ImageRecord, hold_out_split, relabel
+from vreid.data.samplers import (
+    DOMAIN_EPOCHS,
+    DomainBalancedIdentitySampler,
+    RandomBatchSampler,
+    RandomIdentitySampler,
+)
+from vreid.data.transforms import ERASING_VALUES, RESIZE_MODES
+from vreid.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
+
+
+SAMPLERS = ("pk", "pk_domain", "random")  # DATALOADER.SAMPLER: P x K, P x K balanced over domains, plain shuffle
+
+
+def check_data_config(cfg) -> None:
+    """The DATASETS, INPUT and DATALOADER keys with a fixed set of choices or a range, each error naming its key."""
+    check_choice(cfg, "DATASETS.TRAIN", DATASET_NAMES)
+    check_choice(cfg, "DATASETS.TEST", DATASET_NAMES)
+    check_choice(cfg, "DATASETS.LABEL", LABEL_KINDS)
+    check_choice(cfg, "DATALOADER.SAMPLER", SAMPLERS)
+    check_choice(cfg, "DATALOADER.DOMAIN_EPOCH", DOMAIN_EPOCHS)
+    check_choice(cfg, "INPUT.ERASING.VALUE", ERASING_VALUES)
+    check_choice(cfg, "INPUT.RESIZE_MODE", RESIZE_MODES)
+    check_choice(cfg, "INPUT.BACKGROUND_SWAP.FILL", FILLS)
+    if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE and cfg.DATALOADER.SAMPLER != "random":
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
+                          f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE}) for the P x K sampler")
+    if cfg.DATASETS.LOCAL_SPLIT.NUM_IDS < 0:
+        raise ConfigError("DATASETS.LOCAL_SPLIT.NUM_IDS must be >= 0")
+    if cfg.DATASETS.LOCAL_SPLIT.QUERIES_PER_ID < 1:
+        raise ConfigError("DATASETS.LOCAL_SPLIT.QUERIES_PER_ID must be >= 1")
 
 
 @dataclass
@@ -39,6 +70,7 @@ class TrainingData:
 
 def load_test_dataset(cfg, test_split: str | None = None):
     """The dataset named by ``DATASETS.TEST`` with its test list and local split applied."""
+    check_data_config(cfg)
     return load_dataset(
         cfg.DATASETS.TEST, cfg.DATASETS.ROOT_DIR,
         test_split=cfg.DATASETS.TEST_SPLIT if test_split is None else test_split,
@@ -48,6 +80,8 @@ def load_test_dataset(cfg, test_split: str | None = None):
 
 
 def prepare_training_data(cfg) -> TrainingData:
+    """Records, class labels and domains of the training datasets, and the validation query/gallery."""
+    check_data_config(cfg)
     groups: list[list[ImageRecord]] = []
     for name in cfg.DATASETS.TRAIN:
         if name == cfg.DATASETS.TEST:
@@ -137,12 +171,11 @@ def build_background_swap(cfg, data: TrainingData):
     swap = cfg.INPUT.BACKGROUND_SWAP
     if swap.PROB <= 0:
         return None
-    from vreid.data.background_swap import BackgroundSwap
 
     cache = mask_dir(cfg)
-    if not (cache / "masks.json").is_file():
+    if not (cache / MASK_INDEX).is_file():
         raise DatasetError("INPUT.BACKGROUND_SWAP.PROB > 0 needs foreground masks: run `vreid prep masks` first",
-                           path=cache / "masks.json")
+                           path=cache / MASK_INDEX)
     return BackgroundSwap.from_cache(data.records, cache, p=swap.PROB, fill=swap.FILL,
                                      root=Path(cfg.DATASETS.ROOT_DIR))
 

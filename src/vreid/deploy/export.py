@@ -15,10 +15,11 @@ from torch import nn
 from vreid import __version__
 from vreid.data.formats.common import IMAGE_SUFFIXES
 from vreid.data.images import read_image
+from vreid.data.loader import load_test_dataset
 from vreid.data.transforms import build_test_transform
-from vreid.deploy.runtime import INPUT_NAME, OUTPUT_NAME, OnnxModel, require
 from vreid.engine.inference import load_inference_model
-from vreid.errors import VreidError
+from vreid.engine.runtime import INPUT_NAME, OUTPUT_NAME, OnnxModel
+from vreid.errors import VreidError, require_package
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ MIN_COSINE = 0.9999  # parity threshold: every image's PyTorch and ONNX embeddin
 def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], metadata: dict[str, str] | None = None,
                 opset: int = 18) -> Path:
     """Export ``model`` (eval mode, images -> features) to ``path`` atomically, batch dimension dynamic."""
-    require("onnx", "export")
+    require_package("onnx", "export")
     import onnx
 
     path = Path(path)
@@ -65,7 +66,6 @@ def parity_images(cfg, folder: str | Path | None = None, count: int = 16) -> tup
         if not paths:
             raise VreidError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) for the parity check")
     else:
-        from vreid.data.loader import load_test_dataset
 
         try:
             dataset = load_test_dataset(cfg)
@@ -120,7 +120,8 @@ def run_export(cfg, out: str | Path, fmt: str = "onnx", images: str | Path | Non
     out = Path(out)
     candidate = export_onnx(model, out.with_name(f".{out.name}.candidate.onnx"), size, meta)
     result = {"path": str(out), "bytes": candidate.stat().st_size, "size": list(size),
-              **parity(model, OnnxModel(candidate, threads=cfg.TEST.THREADS), batch), "image_paths": picked}
+              **parity(model, OnnxModel(candidate, threads=cfg.TEST.THREADS), batch), "image_paths": picked,
+              "required_cosine": min_cosine}
     log.info("exported %s (%.1f MB); parity on %d real images: min cosine %.7f, max |diff| %.2e", out,
              result["bytes"] / 2**20, result["images"], result["min_cosine"], result["max_abs_diff"])
     if result["min_cosine"] < min_cosine:

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vreid.config import load_config
 from vreid.data.images import read_image
 from vreid.data.records import ImageRecord
+from vreid.deploy.index import SearchFilter
 from vreid.deploy.store import Gallery, Hit, Sighting, create_gallery, open_gallery
-from vreid.engine.extract import FeatureSet
 from vreid.errors import VreidError
-from vreid.retrieval.index import SearchFilter
+from vreid.features import FeatureSet, check_feature_matrix
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ def index_config(gallery: Gallery, config_file: str | None = None, opts: Sequenc
     """The model config for a gallery: ``config_file`` if given, else the one stored in the gallery."""
     import tempfile
 
-    from vreid.config import load_config
 
     if config_file is not None:
         return load_config(config_file, opts)
@@ -116,8 +116,7 @@ def _add(store: Gallery, gallery: FeatureSet, captured_at: float | None = None,
 def add_features(store: Gallery, features: str | Path, captured_at: float | None = None,
                  attributes: Mapping[str, Any] | None = None) -> list[int]:
     gallery = FeatureSet.load(features)
-    if gallery.features.ndim != 2 or gallery.features.shape[1] != store.dim:
-        raise VreidError(f"{features}: features of shape {gallery.features.shape}, the index holds {store.dim}-d")
+    check_feature_matrix(gallery.features, features, store.dim)
     return _add(store, gallery, captured_at, attributes)
 
 
@@ -130,10 +129,45 @@ def add_images(store: Gallery, embedder, records: Sequence[ImageRecord], capture
 def search_files(store: Gallery, embedder, paths: Sequence[str | Path], top_k: int,
                  where: SearchFilter | None = None, device: str | None = None) -> list[list[Hit]]:
     """Embed image files and search them (``device``: a torch device for exact in-memory search, see
-    :meth:`vreid.retrieval.index.GalleryIndex.search`)."""
+    :meth:`vreid.deploy.index.GalleryIndex.search`)."""
     images = [read_image(p) for p in paths]
     return store.search(embedder.embed(images), top_k, where, device=device)
 
 
+def remove_sightings(store: Gallery, ids: Sequence[int] = (), paths: Sequence[str] = ()) -> int:
+    """``vreid index remove``: remove the images with these ids and/or paths (every path must be in the gallery)."""
+    bad = [i for i in ids if not 0 <= i < 2**63]
+    if bad:
+        raise VreidError(f"--ids {bad[0]}: not a gallery id (ids are 0 .. 2^63-1)")
+    found = store.ids_of_paths(paths) if paths else {}
+    missing = [p for p in paths if p not in found]
+    if missing:
+        raise VreidError(f"not in the gallery: {missing[:5]}")
+    every = [*ids, *(i for p in paths for i in found[p])]
+    if not every:
+        raise VreidError("index remove: give --ids and/or --paths")
+    return store.remove(every)
+
+
+def gallery_info(store: Gallery) -> dict[str, Any]:
+    """``vreid index info``: the gallery's settings, its size in identities and cameras, whether it holds a model
+    config."""
+    identities, cameras = set(), set()
+    for batch in store.batches():
+        identities.update(s.vehicle_id for s in batch.sightings)
+        cameras.update(s.camera_id for s in batch.sightings)
+    return {**store.settings(), "identities": len(identities - {""}), "cameras": len(cameras - {""}),
+            "model_config": store.model_config is not None}
+
+
+def search_features(store: Gallery, features: str | Path, top_k: int, where: SearchFilter | None = None,
+                    device: str | None = None) -> tuple[list[str], list[list[Hit]]]:
+    """Search the queries of a saved FeatureSet (``vreid extract`` with the gallery's model): no model, no torch.
+    Returns the query paths and their hits."""
+    queries = FeatureSet.load(features)
+    check_feature_matrix(queries.features, features, store.dim)
+    return [str(p) for p in queries.paths], store.search(queries.features, top_k, where, device=device)
+
+
 __all__ = ["add_features", "add_images", "build_index", "check_model_fits", "index_config", "open_gallery",
-           "parse_time", "search_files", "search_filter"]
+           "parse_time", "remove_sightings", "gallery_info", "search_features", "search_files", "search_filter"]

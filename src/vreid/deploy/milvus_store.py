@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from vreid.deploy.runtime import require
-from vreid.deploy.store import BATCH, Batch, Gallery, Hit, Location, Sighting
-from vreid.errors import VreidError
-from vreid.retrieval.index import SearchFilter, check_options, search_queries, unit_rows
+from vreid.deploy.backend import BATCH, Batch, Gallery, Hit, Location, Sighting
+from vreid.deploy.index import SearchFilter, check_options, search_queries, unit_rows
+from vreid.errors import VreidError, require_package
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class MilvusGallery(Gallery):
 
     @staticmethod
     def _client(where: Location, uri: str):
-        pymilvus = require("pymilvus", "milvus")
+        pymilvus = require_package("pymilvus", "milvus")
         logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors are reported as VreidError instead
         if not where.target.startswith("http"):  # Milvus Lite's in-process server logs calls it does not implement
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
@@ -99,7 +98,7 @@ class MilvusGallery(Gallery):
         options = {"kind": "exact", "engine": "auto", "nlist": 0, "nprobe": 16, "hnsw_m": 32, "ef_search": 128,
                    **options}
         check_options(dim, **options)
-        pymilvus = require("pymilvus", "milvus")
+        pymilvus = require_package("pymilvus", "milvus")
         client = cls._client(where, uri)
         probe = cls.__new__(cls)
         probe.uri = uri

@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from vreid.data.images import SUFFIXES, ImageHeader, ImageTooLarge, decode_image, image_header
-from vreid.errors import DatasetError, VreidError
+from vreid.deploy.gallery import check_model_fits, parse_time, search_filter
+from vreid.errors import DatasetError, VreidError, require_package
 
 try:
     from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -56,7 +57,6 @@ try:
 except ImportError:
     raise VreidError("the HTTP service needs FastAPI: pip install 'vreid[serve]'") from None
 
-from vreid.deploy.runtime import require
 from vreid.deploy.store import Sighting, open_gallery, upload_folder
 from vreid.fileio import atomic_write_bytes, display_text
 
@@ -312,7 +312,6 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
     """The ASGI application (``embedder``: a :class:`vreid.engine.inference.Embedder` or anything with
     ``embed(list[PIL.Image]) -> np.ndarray``; ``index_uri``: a gallery folder or URI, see vreid.deploy.store),
     wrapped in :class:`Guard` and :class:`BodyLimit`."""
-    from vreid.deploy.gallery import check_model_fits, parse_time, search_filter
 
     index = open_gallery(index_uri)
     uploads = upload_folder(index_uri)
@@ -459,7 +458,7 @@ def _head_deadline_protocol(seconds: float):
 def server_config(app, host: str, port: int, limits: Limits = Limits()):
     """The uvicorn settings of ``vreid serve``: connection limit (503 beyond), keep-alive timeout, a deadline
     for the first request head."""
-    uvicorn = require("uvicorn", "serve")
+    uvicorn = require_package("uvicorn", "serve")
     # uvicorn answers 503 once the open connections (the asking one included) reach limit_concurrency: + 1 serves
     # exactly max_connections clients at once
     return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=limits.keep_alive_s,
@@ -468,6 +467,6 @@ def server_config(app, host: str, port: int, limits: Limits = Limits()):
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
-    uvicorn = require("uvicorn", "serve")
+    uvicorn = require_package("uvicorn", "serve")
     log.info("serving on http://%s:%d (docs at /docs)", host, port)
     uvicorn.Server(server_config(app, host, port, limits)).run()

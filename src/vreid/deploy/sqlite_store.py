@@ -5,7 +5,7 @@ ordered by ``seq``) and ``settings`` (format, dimension, search settings, model 
 transaction (WAL journal, ``synchronous=FULL``: a committed change survives a killed process or a crash), written
 with BEGIN IMMEDIATE so writers queue (``busy_timeout``) instead of failing.
 
-Readers keep a :class:`~vreid.retrieval.index.GalleryIndex` in memory: loaded once from ``sightings``, then
+Readers keep a :class:`~vreid.deploy.index.GalleryIndex` in memory: loaded once from ``sightings``, then
 before every search they read the change-log rows after the last one applied and apply only those, all in one
 read transaction (one snapshot), so a running service sees what other processes committed, costs nothing when
 nothing changed, and memory only ever holds committed rows: a failed write leaves memory and disk in agreement.
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from vreid.deploy.store import BATCH, Batch, Gallery, Hit, Sighting
+from vreid.deploy.backend import BATCH, Batch, Gallery, Hit, Sighting
+from vreid.deploy.index import GalleryIndex, SearchFilter, check_options, unit_rows
 from vreid.errors import VreidError
-from vreid.retrieval.index import GalleryIndex, SearchFilter, check_options, unit_rows
 
 log = logging.getLogger(__name__)
 

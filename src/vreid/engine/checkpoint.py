@@ -17,10 +17,12 @@ import torch
 
 from vreid.errors import VreidError
 from vreid.fileio import atomic_write_bytes
+from vreid.models.backbones.weights import read_state_dict
+from vreid.runfiles import FINAL_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-FINAL_WEIGHTS = "model_final"  # OUTPUT_DIR/model_final.pth and .safetensors: what `vreid train` leaves
+
 
 
 class NonFiniteWeights(VreidError):
@@ -86,21 +88,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def model_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model weights in a final-weights file (plain state_dict), a training checkpoint or safetensors."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise VreidError(f"{path}: weights file not found")
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # SafetensorError, OSError, ValueError... for a corrupt or cut file
-            raise VreidError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
-    state = load_checkpoint(path)
-    if "model" in state and isinstance(state["model"], dict):
-        return state["model"]
-    return state
+    """The model weights in a final-weights file (plain state_dict), a training checkpoint or safetensors: the
+    one weight-file reader, :func:`vreid.models.backbones.weights.read_state_dict`."""
+    return read_state_dict(path)
 
 
 def save_final_weights(state_dict: dict[str, torch.Tensor], out_dir: Path) -> tuple[Path, Path]:

@@ -32,16 +32,20 @@ class DistInfo:
         return self.world_size > 1
 
 
+def default_device(local_rank: int = 0) -> torch.device:
+    """Where a model runs when the user does not say: this process's GPU if there is one, else the CPU. The one
+    place that decides it (training, extraction, UNIT and the service all ask here)."""
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def init_distributed() -> DistInfo:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); a single process needs none of them."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = default_device(local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank, device)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,59 +17,9 @@ from tqdm import tqdm
 
 from vreid.data.images import ImageDataset, collate_images
 from vreid.data.records import ImageRecord
-from vreid.errors import VreidError
-from vreid.fileio import atomic_write_bytes
+from vreid.features import FeatureSet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureSet:
-    """Embeddings of a list of images with what is known about each image.
-
-    Ids, cameras and tracks are strings ("" where unknown), paths as strings.
-    """
-
-    features: np.ndarray
-    vehicle_ids: np.ndarray
-    camera_ids: np.ndarray
-    track_ids: np.ndarray
-    paths: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    @classmethod
-    def from_records(cls, features: np.ndarray, records: Sequence[ImageRecord]) -> FeatureSet:
-        def col(values):
-            return np.array(["" if v is None else str(v) for v in values], dtype=str)
-
-        return cls(features.astype(np.float32), col(r.vehicle_id for r in records),
-                   col(r.camera_id for r in records), col(r.track_id for r in records), col(r.path for r in records))
-
-    def save(self, path: str | Path) -> Path:
-        import io
-
-        buffer = io.BytesIO()
-        np.savez(buffer, features=self.features, vehicle_ids=self.vehicle_ids, camera_ids=self.camera_ids,
-                 track_ids=self.track_ids, paths=self.paths)
-        return atomic_write_bytes(path, buffer.getvalue())
-
-    @classmethod
-    def load(cls, path: str | Path) -> FeatureSet:
-        path = Path(path)
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise VreidError(f"{path}: not a vreid feature file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array: no paths or ids to go with it
-            raise VreidError(f"{path}: not a vreid feature file (a single array; `vreid extract` writes .npz "
-                             "files with features, paths and ids)")
-        try:
-            with data:
-                return cls(*(data[k] for k in ("features", "vehicle_ids", "camera_ids", "track_ids", "paths")))
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise VreidError(f"{path}: not a vreid feature file ({exc})") from None
 
 
 @torch.no_grad()

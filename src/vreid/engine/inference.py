@@ -15,9 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vreid.config import check_choice
 from vreid.data.records import ImageRecord
 from vreid.data.transforms import build_test_transform
 from vreid.engine.checkpoint import model_weights
+from vreid.engine.checks import check_inference_config
+from vreid.engine.distributed import default_device
 from vreid.engine.extract import FeatureSet, embed_batch, extract_features
 from vreid.engine.precision import amp_dtype
 from vreid.errors import ConfigError, VreidError
@@ -46,7 +49,7 @@ def resolve_backend(cfg) -> str:
 def load_inference_model(cfg, device: torch.device) -> torch.nn.Module:
     """The network of ``cfg`` without its classifier, with the weights of ``TEST.WEIGHT`` (eval mode)."""
     if resolve_backend(cfg) == "onnxruntime":
-        from vreid.deploy.runtime import OnnxModel
+        from vreid.engine.runtime import OnnxModel
 
         model = OnnxModel(cfg.TEST.WEIGHT, threads=cfg.TEST.THREADS)
         model.check_input_size(tuple(cfg.INPUT.SIZE_TEST))
@@ -80,7 +83,7 @@ def inference_setup(cfg) -> InferenceSetup:
     if backend == "onnxruntime":  # ORT picks its own device; tensors go in and out on the CPU
         device, amp, channels_last = torch.device("cpu"), None, False
     else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device()
         amp = amp_dtype(cfg.SOLVER.AMP, device)
         channels_last = cfg.SOLVER.CHANNELS_LAST
         if cfg.TEST.THREADS:
@@ -94,6 +97,8 @@ class Embedder:
     """In-memory images -> L2-normalised features, exactly as `vreid extract` embeds files."""
 
     def __init__(self, cfg):
+        check_inference_config(cfg)
+        check_choice(cfg, "TEST.BACKEND", BACKENDS)
         self.cfg = cfg
         self.setup = inference_setup(cfg)
         self.transform = build_test_transform(cfg)

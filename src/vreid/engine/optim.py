@@ -13,7 +13,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vreid.config import check_choice
+from vreid.engine.precision import AMP_CHOICES
+
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("cosine", "cosine_step", "step")
+
+
+def check_solver_config(cfg) -> None:
+    """The SOLVER keys with a fixed set of choices, each error naming its key."""
+    check_choice(cfg, "SOLVER.OPTIMIZER", OPTIMIZERS)
+    check_choice(cfg, "SOLVER.SCHEDULER", SCHEDULERS)
+    check_choice(cfg, "SOLVER.AMP", AMP_CHOICES)
 
 
 def lr_factor(
@@ -90,6 +104,8 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, norm_bia
 
 
 def build_optimizer(cfg, model: nn.Module, backbone: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.SOLVER`` over :func:`param_groups` of ``model``."""
+    check_solver_config(cfg)
     s = cfg.SOLVER
     groups = param_groups(model, s.BASE_LR, s.WEIGHT_DECAY, s.WEIGHT_DECAY_NORM_BIAS, s.HEAD_LR_FACTOR, backbone)
     if s.OPTIMIZER == "adam":

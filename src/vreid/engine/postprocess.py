@@ -3,7 +3,9 @@
 Order: gallery track averaging -> query expansion / database augmentation -> distance (k-reciprocal
 re-ranking, with the orientation/camera fusion D = Dv - w_o*Do - w_c*Dc inside it, or the plain
 squared Euclidean distance of the paper's code) -> ranking (optionally whole tracks together).
-This is the only module that maps ``cfg.TEST`` onto the pure functions of :mod:`vreid.retrieval`.
+This is the only module that maps the post-processing keys of ``cfg.TEST`` (METRIC, RERANK, FUSION, QE, DBA,
+TRACK_*, RETRIEVAL_DEVICE) onto the pure functions of :mod:`vreid.retrieval`; the extraction keys (WEIGHT, BACKEND,
+FLIP, THREADS, IMS_PER_BATCH) are :mod:`vreid.engine.inference`'s.
 """
 
 from __future__ import annotations
@@ -16,23 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from vreid.engine.extract import FeatureSet
+from vreid.config import check_choice
 from vreid.errors import VreidError
+from vreid.features import FeatureSet, load_pair
 from vreid.fileio import atomic_write_text
 from vreid.retrieval import evaluate, evaluate_aic, k_reciprocal_rerank, pairwise_distance
-from vreid.retrieval.accel import retrieval_device
+from vreid.retrieval.device import RETRIEVAL_DEVICES, retrieval_device
+from vreid.retrieval.distance import smallest_k
 from vreid.retrieval.query_expansion import average_query_expansion, database_augmentation
+from vreid.retrieval.submission import AIC_TOP_K
 from vreid.retrieval.tracks import average_track_features, track_rerank
 
 log = logging.getLogger(__name__)
 
-QUERY_FILE, GALLERY_FILE = "query.npz", "gallery.npz"
-AIC_TOP_K = 100
-
-
-def load_pair(folder: str | Path) -> tuple[FeatureSet, FeatureSet]:
-    folder = Path(folder)
-    return FeatureSet.load(folder / QUERY_FILE), FeatureSet.load(folder / GALLERY_FILE)
 
 
 def _fusion_terms(cfg, query: FeatureSet, gallery: FeatureSet) -> list[tuple[np.ndarray, float]]:
@@ -50,8 +48,27 @@ def _fusion_terms(cfg, query: FeatureSet, gallery: FeatureSet) -> list[tuple[np.
     return terms
 
 
+METRICS = ("euclidean", "cosine")
+
+
+def check_test_config(cfg) -> None:
+    """The post-processing keys of TEST with a fixed set of choices, each error naming its key."""
+    check_choice(cfg, "TEST.METRIC", METRICS)
+    check_choice(cfg, "TEST.RETRIEVAL_DEVICE", RETRIEVAL_DEVICES)
+
+
+def with_rerank(cfg):
+    """``cfg`` with k-reciprocal re-ranking switched on (``vreid rerank``), the rest unchanged."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TEST.RERANK.ENABLED = True
+    cfg.freeze()
+    return cfg
+
+
 def final_distance(cfg, query: FeatureSet, gallery: FeatureSet) -> np.ndarray:
     """The (query, gallery) distance after the post-processing configured in ``cfg.TEST``."""
+    check_test_config(cfg)
     t = cfg.TEST
     q_feat, g_feat = query.features, gallery.features
     if t.TRACK_AVERAGE.ENABLED:
@@ -76,10 +93,7 @@ def ranking(cfg, dist: np.ndarray, gallery: FeatureSet, top_k: int = AIC_TOP_K) 
     """Top-k gallery indices per query; with ``TEST.TRACK_RERANK`` whole tracks stay together."""
     if cfg.TEST.TRACK_RERANK:
         return track_rerank(dist, gallery.track_ids, top_k=top_k)
-    k = min(top_k, dist.shape[1])
-    part = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < dist.shape[1] else np.tile(np.arange(k), (len(dist), 1))
-    order = np.take_along_axis(dist, part, axis=1).argsort(axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return smallest_k(dist, top_k)
 
 
 def ranking_distance(ranked: np.ndarray, num_gallery: int) -> np.ndarray:

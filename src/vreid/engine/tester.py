@@ -8,51 +8,23 @@ so the files equal those of a single process.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vreid.config import save_config
+from vreid.data.formats.folder import image_records
 from vreid.data.loader import load_test_dataset
 from vreid.data.records import GALLERY, QUERY, ImageRecord
 from vreid.engine.distributed import DistInfo, cleanup, gather_shards, init_distributed, shard
-from vreid.engine.extract import FeatureSet
 from vreid.engine.inference import Embedder
-from vreid.engine.postprocess import (
-    GALLERY_FILE,
-    QUERY_FILE,
-    final_distance,
-    metrics_from_distance,
-    write_per_query,
-)
+from vreid.engine.results import write_test_results
 from vreid.errors import VreidError
-from vreid.fileio import atomic_save_npy, atomic_write_text
+from vreid.features import FeatureSet
+from vreid.runfiles import FINAL_WEIGHTS, GALLERY_FILE, QUERY_FILE
 
 log = logging.getLogger(__name__)
-
-
-def rank_row(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, qi: int, top_k: int = 10):
-    """Rank-list row of query ``qi``: true matches green, false red, junk (same id, same camera) grey.
-
-    One function for ``vreid test``'s ranklist.png and ``vreid report``'s page, so both draw the same ranking.
-    """
-    from vreid.viz import RankListRow
-
-    order = np.argsort(dist[qi], kind="stable")[:top_k]
-    same_id = gallery.vehicle_ids[order] == query.vehicle_ids[qi]
-    junk = same_id & (gallery.camera_ids[order] == query.camera_ids[qi]) & (query.camera_ids[qi] != "")
-    matches = [None if j else bool(m) for m, j in zip(same_id, junk, strict=True)]
-    return RankListRow(query.paths[qi], list(gallery.paths[order]), matches,
-                       query_label=query.vehicle_ids[qi], labels=[f"d={dist[qi, g]:.3f}" for g in order])
-
-
-def rank_rows(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, num_queries: int, top_k: int = 10):
-    """Rank-list rows of the first ``num_queries`` queries (see :func:`rank_row`)."""
-    return [rank_row(query, gallery, dist, qi, top_k) for qi in range(min(num_queries, len(query)))]
 
 
 def embed_sharded(embedder: Embedder, records: Sequence[ImageRecord], info: DistInfo) -> FeatureSet | None:
@@ -100,7 +72,6 @@ def _distributed(run):
 def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY, *, info: DistInfo) -> Path | None:
     """``vreid extract --images DIR``: every image under DIR -> ``OUTPUT_DIR/<name>.npz`` (ids from the file names
     when ``DATASETS.FOLDER_PATTERN`` matches them, else empty). Rank 0 writes and returns the path."""
-    from vreid.data.formats.folder import image_records
 
     records = image_records(folder, cfg.DATASETS.FOLDER_PATTERN)
     out = Path(cfg.OUTPUT_DIR)
@@ -129,25 +100,14 @@ def run_extract(cfg, splits: Sequence[str] = (QUERY, GALLERY), *, info: DistInfo
     return paths
 
 
-def report(cfg, query: FeatureSet, gallery: FeatureSet, out: Path) -> dict[str, Any]:
-    """Post-process, evaluate and write ``distance.npy``, ``metrics.json``, ``per_query.csv`` and ``ranklist.png``."""
-    from vreid.viz import draw_ranklists
-
-    dist = final_distance(cfg, query, gallery)
-    atomic_save_npy(out / "distance.npy", dist)
-    metrics = metrics_from_distance(cfg, dist, query, gallery)
-    per_query = metrics.pop("_per_query")
-    metrics.update(dataset=cfg.DATASETS.TEST, test_split=cfg.DATASETS.TEST_SPLIT, weights=str(cfg.TEST.WEIGHT),
-                   rerank=bool(cfg.TEST.RERANK.ENABLED))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_per_query(out / "per_query.csv", query, per_query)
-    log.info("%s (%s): mAP %.4f rank-1 %.4f rank-5 %.4f mINP %.4f, AIC mAP@100 %.4f over %d queries",
-             cfg.DATASETS.TEST, cfg.DATASETS.TEST_SPLIT or "standard", metrics["mAP"], metrics["rank1"],
-             metrics["rank5"], metrics["mINP"], metrics["aic_mAP@100"], metrics["num_query"])
-    if cfg.TEST.RANKLIST_QUERIES:
-        picture = draw_ranklists(rank_rows(query, gallery, dist, cfg.TEST.RANKLIST_QUERIES), out / "ranklist.png")
-        log.info("rank lists: %s", picture)
-    return metrics
+def test_config_of_run(cfg):
+    """``vreid train --test``: the config that tests a finished training run's final weights into OUTPUT_DIR/test."""
+    out = Path(cfg.OUTPUT_DIR)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TEST.WEIGHT, cfg.OUTPUT_DIR = str(out / f"{FINAL_WEIGHTS}.pth"), str(out / "test")
+    cfg.freeze()
+    return cfg
 
 
 @_distributed
@@ -163,4 +123,4 @@ def run_test(cfg, *, info: DistInfo) -> dict[str, Any]:
     query, gallery = features[QUERY], features[GALLERY]
     query.save(out / QUERY_FILE)
     gallery.save(out / GALLERY_FILE)
-    return report(cfg, query, gallery, out)
+    return write_test_results(cfg, query, gallery, out)

@@ -27,6 +27,7 @@ from vreid.data.images import SkipReport
 from vreid.data.loader import TrainingData, build_train_loader, build_train_sampler, prepare_training_data
 from vreid.data.transforms import build_test_transform, build_train_transform
 from vreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_final_weights, set_rng_state
+from vreid.engine.checks import check_training_config
 from vreid.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from vreid.engine.ema import ModelEMA
 from vreid.engine.extract import extract_features
@@ -123,6 +124,7 @@ def validate(cfg, model: nn.Module, data: TrainingData, device: torch.device, am
 
 def train(cfg, resume: bool = False) -> dict[str, Any]:
     """Train the model ``cfg`` describes; returns the final validation metrics (empty without VAL_IDS)."""
+    check_training_config(cfg)
     info = init_distributed()
     try:
         return _train(cfg, resume, info)

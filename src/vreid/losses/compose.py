@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vreid.config import check_choice
+from vreid.errors import ConfigError
 from vreid.losses.circle import PairwiseCircleLoss
-from vreid.losses.cross_entropy import CrossEntropyLabelSmooth
-from vreid.losses.malw import MomentumAdaptiveLossWeight
+from vreid.losses.cross_entropy import CrossEntropyLabelSmooth, group_loss
+from vreid.losses.malw import RECORD_MODES, UPDATE_RULES, MomentumAdaptiveLossWeight
 from vreid.losses.supcon import SupConLoss
 from vreid.losses.triplet import TripletLoss
-from vreid.models.heads import group_loss
 
 ID_LOSSES = ("ce",)
 METRIC_LOSSES = ("triplet", "supcon", "circle")
@@ -91,13 +92,21 @@ class ReIDCriterion(nn.Module):
             self.malw.load_state_dict(state["malw"])
 
 
+def check_loss_config(cfg) -> None:
+    """The LOSSES keys with a fixed set of choices, each error naming its key."""
+    for name in cfg.LOSSES.NAMES:
+        if name not in LOSS_NAMES:
+            raise ConfigError(f"LOSSES.NAMES: unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+    check_choice(cfg, "LOSSES.METRIC_FEAT", FEATURE_KEYS)
+    check_choice(cfg, "LOSSES.MALW.RECORD", RECORD_MODES)
+    check_choice(cfg, "LOSSES.MALW.UPDATE", UPDATE_RULES)
+
+
 def build_criterion(cfg) -> ReIDCriterion:
     """The objective described by ``cfg.LOSSES``."""
+    check_loss_config(cfg)
     c = cfg.LOSSES
     names = tuple(c.NAMES)
-    unknown = [n for n in names if n not in LOSS_NAMES]
-    if unknown:
-        raise ValueError(f"LOSSES.NAMES: unknown losses {unknown}; choose from {LOSS_NAMES}")
     id_loss = CrossEntropyLabelSmooth(c.CE.EPSILON) if "ce" in names else None
     makers = {
         "triplet": lambda: (TripletLoss(c.TRIPLET.MARGIN if c.TRIPLET.MARGIN > 0 else None, c.TRIPLET.NORMALIZE),

@@ -48,3 +48,9 @@ class CrossEntropyLabelSmooth(nn.Module):
         nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
         uniform = -log_probs.mean(dim=1)
         return ((1.0 - self.epsilon) * nll + self.epsilon * uniform).mean()
+
+
+def group_loss(group_logits: torch.Tensor, group_labels: torch.Tensor) -> torch.Tensor:
+    """GroupFace's self-distributed grouping loss: CE of the GDN logits (from the multi-head attention head)
+    against its balanced group labels."""
+    return F.cross_entropy(group_logits, group_labels)

@@ -13,16 +13,40 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vreid.config import check_choice, get_defaults
 from vreid.errors import ConfigError
 from vreid.models.backbones import create_backbone, expected_weights_file
-from vreid.models.classifiers import CLASSIFIERS
+from vreid.models.classifiers import CLASSIFIERS, LinearClassifier
 from vreid.models.heads import BNNeck, MultiHeadAttention
-from vreid.models.layers import POOLINGS, MixStyle
+from vreid.models.layers import MIX_DOMAIN, MIX_RANDOM, POOLINGS, MixStyle, make_pooling
 
 log = logging.getLogger(__name__)
 
 NECK_FEATS = ("before", "after")
 HEADS = ("none", "multihead")
+
+
+def check_model_config(cfg) -> None:
+    """The MODEL keys with a fixed set of choices, each error naming its key; a warning for a key the chosen parts
+    ignore (``GEM.*`` without GeM pooling, ``CLASSIFIER.SCALE/MARGIN`` with the linear classifier), since an option
+    that silently does nothing is how a config stops saying what was run."""
+    m = cfg.MODEL
+    check_choice(cfg, "MODEL.POOLING", POOLINGS)
+    check_choice(cfg, "MODEL.MIXSTYLE.MIX", (MIX_RANDOM, MIX_DOMAIN))
+    check_choice(cfg, "MODEL.HEAD.NAME", HEADS)
+    check_choice(cfg, "MODEL.NECK_FEAT", NECK_FEATS)
+    check_choice(cfg, "MODEL.CLASSIFIER.NAME", CLASSIFIERS)
+    if m.LAST_STRIDE not in (1, 2):
+        raise ConfigError(f"MODEL.LAST_STRIDE must be 1 or 2, got {m.LAST_STRIDE}")
+    defaults = get_defaults().MODEL
+    unused = []
+    if m.POOLING != "gem":
+        unused += [f"MODEL.GEM.{k}" for k in ("P", "LEARNABLE") if m.GEM[k] != defaults.GEM[k]]
+    if m.CLASSIFIER.NAME == "linear":
+        unused += [f"MODEL.CLASSIFIER.{k}" for k in ("SCALE", "MARGIN") if m.CLASSIFIER[k] != defaults.CLASSIFIER[k]]
+    for key in unused:
+        log.warning("%s is set but has no effect with MODEL.POOLING %s and MODEL.CLASSIFIER.NAME %s", key,
+                    m.POOLING, m.CLASSIFIER.NAME)
 
 
 class ReIDNet(nn.Module):
@@ -134,11 +158,12 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> ReIDNet:
     ``pretrained=False`` skips it: for loading trained weights, which must not depend on the ImageNet file
     still being where training found it.
     """
+    check_model_config(cfg)
     m = cfg.MODEL
     path = m.PRETRAIN_PATH if pretrained and m.PRETRAIN else ""
     backbone = create_backbone(m.BACKBONE, last_stride=m.LAST_STRIDE, pretrained_path=path or None)
     dim = backbone.out_channels
-    pool = POOLINGS[m.POOLING](p=m.GEM.P, learnable=m.GEM.LEARNABLE)
+    pool = make_pooling(m.POOLING, p=m.GEM.P, learnable=m.GEM.LEARNABLE)
     head = None
     if m.HEAD.NAME == "multihead":
         out_dim = m.HEAD.DIM or dim
@@ -147,7 +172,10 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> ReIDNet:
     classifier = None
     if num_classes > 0:
         c = m.CLASSIFIER
-        classifier = CLASSIFIERS[c.NAME](dim, num_classes, scale=c.SCALE, margin=c.MARGIN)
+        if CLASSIFIERS[c.NAME] is LinearClassifier:
+            classifier = LinearClassifier(dim, num_classes)
+        else:
+            classifier = CLASSIFIERS[c.NAME](dim, num_classes, scale=c.SCALE, margin=c.MARGIN)
     mixstyle = None
     if m.MIXSTYLE.ENABLED:
         mixstyle = MixStyle(p=m.MIXSTYLE.P, alpha=m.MIXSTYLE.ALPHA, mix=m.MIXSTYLE.MIX)

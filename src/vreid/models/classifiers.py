@@ -17,7 +17,7 @@ from torch import nn
 class LinearClassifier(nn.Module):
     """Plain FC without bias, weights N(0, 0.001) as in BoT: the paper's "FC layers -> Smooth CE"."""
 
-    def __init__(self, in_dim: int, num_classes: int, **_: float):
+    def __init__(self, in_dim: int, num_classes: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim).normal_(0.0, 0.001))
 

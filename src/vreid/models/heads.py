@@ -75,11 +75,6 @@ class MultiHeadAttention(nn.Module):
         return {"features": features, "group_logits": group_logits, "group_probs": p, "group_labels": group_labels}
 
 
-def group_loss(group_logits: torch.Tensor, group_labels: torch.Tensor) -> torch.Tensor:
-    """GroupFace's self-distributed grouping loss: CE of the GDN logits against the balanced labels."""
-    return F.cross_entropy(group_logits, group_labels)
-
-
 class BNNeck(nn.Module):
     """BatchNorm1d between the embedding and the classifier, bias frozen at 0 (BoT).
 

@@ -35,11 +35,18 @@ class GeM(nn.Module):
         return f"p={float(self.p):.2f}, learnable={self.learnable}"
 
 
-POOLINGS = {
-    "gem": GeM,
-    "avg": lambda **_: nn.AdaptiveAvgPool2d(1),
-    "max": lambda **_: nn.AdaptiveMaxPool2d(1),
-}
+POOLINGS = ("gem", "avg", "max")
+
+
+def make_pooling(name: str, p: float = 3.0, learnable: bool = False) -> nn.Module:
+    """The global pooling ``name``; ``p`` and ``learnable`` are GeM's (the other two have no parameters)."""
+    if name == "gem":
+        return GeM(p=p, learnable=learnable)
+    if name == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if name == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    raise ValueError(f"unknown pooling {name!r}; choose from {', '.join(POOLINGS)}")
 
 
 def style_statistics(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,14 +32,9 @@ from typing import Any
 import numpy as np
 
 from vreid.config import load_config
-from vreid.engine.extract import FeatureSet
-from vreid.engine.postprocess import (
-    final_distance,
-    load_pair,
-    metrics_from_distance,
-    ranking,
-)
+from vreid.engine.postprocess import final_distance, metrics_from_distance, ranking
 from vreid.errors import ConfigError, VreidError
+from vreid.features import FeatureSet, load_pair
 from vreid.fileio import atomic_save_npy, atomic_write_text
 from vreid.pipeline.spec import ModelSpec, PipelineSpec
 

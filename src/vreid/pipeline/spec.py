@@ -29,6 +29,7 @@ import yaml
 
 from vreid.errors import ConfigError
 from vreid.retrieval.ensemble import NORMALIZATIONS
+from vreid.retrieval.submission import AIC_TOP_K
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a model name is also a folder name
 AUX_MODELS = ("orientation", "camera")
@@ -83,7 +84,7 @@ class PipelineSpec:
     masks: MaskSpec | None = None
     normalize: str = "none"
     ensemble_weights: tuple[float, ...] | None = None
-    top_k: int = 100
+    top_k: int = AIC_TOP_K
 
     @property
     def models(self) -> tuple[ModelSpec, ...]:

@@ -3,9 +3,9 @@
 Re-ranking's neighbour pass and Jaccard stage, evaluation's per-query sort and exact gallery search are written
 here in torch; the O(N·k) middle of re-ranking (reciprocal sets, V, query expansion) stays shared numpy code, so
 both paths compute the same numbers (to float32 rounding of the GEMMs). ``device`` everywhere is a torch device
-string; ``None`` means the numpy path. :func:`retrieval_device` turns the user's choice (``auto`` | ``cpu`` |
-``cuda``) into that: ``auto`` takes CUDA when it is available, ``cpu`` keeps the numpy path. Tests run the torch
-path on the CPU device against numpy.
+string; ``None`` means the numpy path. :func:`vreid.retrieval.device.retrieval_device` turns the user's
+choice (``auto`` | ``cpu`` | ``cuda``) into that: ``auto`` takes CUDA when it is available, ``cpu`` keeps numpy.
+Tests run the torch path on the CPU device against numpy.
 """
 
 from __future__ import annotations
@@ -16,28 +16,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from vreid.errors import VreidError
-
 log = logging.getLogger(__name__)
 
-#: ``--device`` / TEST.RETRIEVAL_DEVICE choices.
-RETRIEVAL_DEVICES = ("auto", "cpu", "cuda")
 # Distance entries per row block (neighbour pass, evaluation, search) and the Jaccard chunk bound: a few GiB of
 # temporaries at most on a GPU (float32 block + int64 keys), tens of MiB on the CPU.
 _BLOCK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
-
-
-def retrieval_device(choice: str = "auto") -> str | None:
-    """The torch device retrieval runs on for ``choice`` (``None``: numpy on the CPU)."""
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else None
-    if choice == "cpu":
-        return None
-    if choice.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VreidError(f"retrieval device {choice!r}: no CUDA device is available (use auto or cpu)")
-        return choice
-    raise VreidError(f"retrieval device {choice!r}: choose from {', '.join(RETRIEVAL_DEVICES)}")
 
 
 def _budget(device: torch.device) -> int:

@@ -80,3 +80,26 @@ def pairwise_distance(
         out[start : start + block] = prod
     log.debug("%s distances %s computed in blocks of %d query rows", metric, out.shape, block)
     return out
+
+
+def smallest_k(values: np.ndarray, k: int) -> np.ndarray:
+    """(rows, min(k, columns)) column indices of each row's ``k`` smallest values, ascending, ties by column.
+
+    The one top-k selection of rankings and searches; equal to ``np.argsort(values, kind="stable")[:, :k]``, also
+    when ties straddle the k-th place (a bare ``argpartition`` may keep a later column of a tied value), at the cost
+    of a partition and a sort of the values up to the k-th.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values must have shape (rows, columns), got {values.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    k = min(k, values.shape[1])
+    if k == values.shape[1]:
+        return np.argsort(values, axis=1, kind="stable")
+    kth = np.partition(values, k - 1, axis=1)[:, k - 1]
+    out = np.empty((len(values), k), dtype=np.int64)
+    for r in range(len(values)):
+        cols = np.flatnonzero(values[r] <= kth[r])  # every value up to the k-th, in column order
+        out[r] = cols[np.argsort(values[r, cols], kind="stable")[:k]]
+    return out

@@ -23,10 +23,21 @@ from typing import Any
 
 import numpy as np
 
+from vreid.retrieval.submission import AIC_TOP_K
+
 log = logging.getLogger(__name__)
 
 BLOCK_ELEMENTS = 1 << 21  # distance entries sorted per block: ~32 MiB of temporaries; larger blocks were slower
 _QUERY_NO_CAMERA, _GALLERY_NO_CAMERA = -1, -2  # never equal, so an unknown camera never makes an item junk
+UNKNOWN_CAMERAS = (None, "")  # how an unknown camera is spelled: None in records, "" in saved FeatureSets
+
+
+def junk_mask(query_id: Hashable, query_camera: Hashable, gallery_ids: np.ndarray,
+              gallery_cameras: np.ndarray) -> np.ndarray:
+    """Gallery items one query's evaluation ignores: same id AND same known camera (the rule of :func:`evaluate`)."""
+    if query_camera in UNKNOWN_CAMERAS:
+        return np.zeros(len(gallery_ids), dtype=bool)
+    return (np.asarray(gallery_ids) == query_id) & (np.asarray(gallery_cameras) == query_camera)
 
 
 def _as_list(values: Iterable[Hashable]) -> list[Hashable]:
@@ -52,7 +63,7 @@ def _camera_codes(
     table: dict[Hashable, int] = {}
 
     def codes(values: Iterable[Hashable], missing: int) -> np.ndarray:
-        it = (missing if v is None else table.setdefault(v, len(table)) for v in _as_list(values))
+        it = (missing if v in UNKNOWN_CAMERAS else table.setdefault(v, len(table)) for v in _as_list(values))
         return np.fromiter(it, dtype=np.int32)
 
     return codes(query_cams, _QUERY_NO_CAMERA), codes(gallery_cams, _GALLERY_NO_CAMERA)
@@ -248,7 +259,7 @@ def evaluate_aic(
     gallery_ids: Iterable[Hashable],
     query_cams: Iterable[Hashable] | None = None,
     gallery_cams: Iterable[Hashable] | None = None,
-    top_k: int = 100,
+    top_k: int = AIC_TOP_K,
     *,
     block_rows: int | None = None,
     device: str | None = None,

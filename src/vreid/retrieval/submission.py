@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 _INTEGER = re.compile(r"[0-9]+")
 _SPACED = re.compile(r"\S+(?: \S+)*")  # tokens separated by single spaces; no tabs, \r or edge spaces
 
+AIC_TOP_K = 100  # gallery images per query in an AI City Track 2 submission, and the depth its mAP is scored at
+
 
 def _numeric_stem(name: str) -> int:
     stem = PurePath(str(name).replace("\\", "/")).stem
@@ -57,7 +59,7 @@ def write_track2(
     ranked_gallery_indices: np.ndarray,
     gallery_names: Sequence[str],
     out_path: str | Path,
-    top_k: int = 100,
+    top_k: int = AIC_TOP_K,
 ) -> Path:
     """Write ``track2.txt`` from (q, >= top_k) 0-based gallery indices, best first, one row per query.
 
@@ -95,7 +97,7 @@ def write_track2(
     return path
 
 
-def check_track2(path: str | Path, num_query: int, num_gallery: int, top_k: int = 100) -> list[str]:
+def check_track2(path: str | Path, num_query: int, num_gallery: int, top_k: int = AIC_TOP_K) -> list[str]:
     """Problems with a ``track2.txt`` file, each as ``"<path>:<line>: <problem>"``; an empty list means valid.
 
     Checks: the file is readable UTF-8; exactly ``num_query`` lines, the last newline-terminated; each line holds

@@ -22,6 +22,7 @@ import numpy as np
 
 from vreid.retrieval.distance import l2_normalize
 from vreid.retrieval.metrics import stable_argsort_rows
+from vreid.retrieval.submission import AIC_TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def track_distance(
 def track_rerank(
     distmat: np.ndarray,
     gallery_track_ids: Sequence[Hashable] | np.ndarray,
-    top_k: int | None = 100,
+    top_k: int | None = AIC_TOP_K,
     reduce: str = "min",
     *,
     block_rows: int | None = None,

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vreid.data.images import read_image
 from vreid.errors import DatasetError
+from vreid.features import FeatureSet
 from vreid.fileio import atomic_write_bytes
+from vreid.retrieval.metrics import junk_mask
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +190,22 @@ def draw_ranklists(
         sheet.paste(image, (0, y))
         y += image.height
     return _save_png(sheet, out_png)
+
+
+def rank_row(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, qi: int, top_k: int = 10):
+    """Rank-list row of query ``qi``: true matches green, false red, junk (same id, same camera) grey.
+
+    One function for ``vreid test``'s ranklist.png and ``vreid report``'s page, so both draw the same ranking and
+    the same junk rule (:func:`vreid.retrieval.metrics.junk_mask`).
+    """
+    order = np.argsort(dist[qi], kind="stable")[:top_k]
+    same_id = gallery.vehicle_ids[order] == query.vehicle_ids[qi]
+    junk = junk_mask(query.vehicle_ids[qi], query.camera_ids[qi], gallery.vehicle_ids[order], gallery.camera_ids[order])
+    matches = [None if j else bool(m) for m, j in zip(same_id, junk, strict=True)]
+    return RankListRow(query.paths[qi], list(gallery.paths[order]), matches,
+                       query_label=query.vehicle_ids[qi], labels=[f"d={dist[qi, g]:.3f}" for g in order])
+
+
+def rank_rows(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, num_queries: int, top_k: int = 10):
+    """Rank-list rows of the first ``num_queries`` queries (see :func:`rank_row`)."""
+    return [rank_row(query, gallery, dist, qi, top_k) for qi in range(min(num_queries, len(query)))]

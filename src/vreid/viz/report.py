@@ -3,7 +3,7 @@
 The page is self-contained — inline CSS, rank lists as base64 PNG data URIs, no script, no network — so it can be
 mailed or archived beside the numbers it shows. It only reads the folder: metrics come from ``metrics.json`` and
 ``per_query.csv`` as the evaluation wrote them (never recomputed), the pictures from ``distance.npy`` with the same
-ranking and junk rule as ``ranklist.png`` (:func:`vreid.engine.tester.rank_row`).
+ranking and junk rule as ``ranklist.png`` (:func:`vreid.viz.ranklist.rank_row`).
 """
 
 from __future__ import annotations
@@ -18,23 +18,34 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from vreid.errors import VreidError
+from vreid.features import FeatureSet
 from vreid.fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from vreid.engine.extract import FeatureSet
-    from vreid.viz.ranklist import RankListRow
+from vreid.runfiles import (
+    CONFIG_FILE,
+    DISTANCE_FILE,
+    GALLERY_FILE,
+    METRICS_FILE,
+    PER_QUERY_FILE,
+    QUERY_FILE,
+    REPORT_FILE,
+)
+from vreid.viz.ranklist import (
+    MATCH_COLOUR,
+    NON_MATCH_COLOUR,
+    QUERY_COLOUR,
+    UNKNOWN_COLOUR,
+    RankListRow,
+    rank_row,
+    render_ranklist,
+)
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE, PER_QUERY_FILE, DISTANCE_FILE = "metrics.json", "per_query.csv", "distance.npy"
-QUERY_FILE, GALLERY_FILE = "query.npz", "gallery.npz"  # as vreid.engine.postprocess (not imported: it pulls torch)
-REPORT_FILE = "report.html"
-CONFIG_FILE = "config.yaml"
 PER_QUERY_COLUMNS = ("query", "vehicle_id", "camera_id", "ap", "inp", "first_match_rank")
 METRIC_ROWS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"),
                ("aic_mAP@100", "AIC mAP@100"))
@@ -156,8 +167,6 @@ def worst_queries(results: Sequence[QueryResult], paths: Sequence[str], count: i
 
 def load_results(folder: Path) -> tuple[dict[str, Any], list[QueryResult], FeatureSet, FeatureSet, np.ndarray]:
     """Everything the page needs, checked to describe one and the same evaluation."""
-    from vreid.engine.extract import FeatureSet
-
     require_files(folder)
     metrics = load_metrics(folder / METRICS_FILE)
     results = read_per_query(folder / PER_QUERY_FILE)
@@ -184,7 +193,6 @@ def load_results(folder: Path) -> tuple[dict[str, Any], list[QueryResult], Featu
 
 def _ranklist_data_uri(row: RankListRow) -> str:
     """The rank-list picture of ``draw_ranklist``, as a PNG data URI (in memory: the page carries its pictures)."""
-    from vreid.viz.ranklist import render_ranklist
 
     buffer = io.BytesIO()
     render_ranklist(row, TILE).save(buffer, "PNG", optimize=True)
@@ -263,8 +271,6 @@ def _histogram_panel(results: Sequence[QueryResult]) -> str:
 
 def _worst_section(results: Sequence[QueryResult], query: FeatureSet, gallery: FeatureSet, dist: np.ndarray,
                    worst: int, top_k: int) -> str:
-    from vreid.engine.tester import rank_row
-    from vreid.viz.ranklist import MATCH_COLOUR, NON_MATCH_COLOUR, QUERY_COLOUR, UNKNOWN_COLOUR
 
     chosen = worst_queries(results, query.paths, worst)
     scored = sum(r.evaluated for r in results)

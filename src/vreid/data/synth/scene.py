@@ -26,11 +26,11 @@ from vreid.data.synth.vehicles import (
     VEHICLEX_COLORS,
     Lighting,
     VehicleIdentity,
-    build_model,
     draw_vehicle,
     footprint,
     light_direction,
     project_model,
+    vehicle_parts,
     view_basis,
 )
 
@@ -296,7 +296,7 @@ def render_frame(identity: VehicleIdentity, camera: Camera, track: Tracklet, fra
         intensity = float(rng.uniform(0.7, 1.3))
         ambient, diffuse = 0.5, 0.55
 
-    faces = project_model(build_model(identity), yaw, elev)
+    faces = project_model(vehicle_parts(identity), yaw, elev)
     r, u, _ = view_basis(yaw, elev)
     shadow = footprint(identity) @ np.stack([r, -u], axis=1)
     pts = np.concatenate([f.points for f in faces if f.visible] + [shadow])
@@ -358,7 +358,7 @@ def encode_jpeg(img: Image.Image, quality: int) -> bytes:
 def render_view(identity: VehicleIdentity, orientation: float, elevation: float = 15.0, long_side: int = 160,
                 background: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
     """A clean, unlabelled picture of a vehicle at an exact pose (no noise, no JPEG): for tests and figures."""
-    faces = project_model(build_model(identity), orientation, elevation)
+    faces = project_model(vehicle_parts(identity), orientation, elevation)
     pts = np.concatenate([f.points for f in faces if f.visible])
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     ppm = long_side / (float((hi - lo).max()) * 1.1)

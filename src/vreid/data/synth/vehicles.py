@@ -435,13 +435,13 @@ def _window_faces(part: _Part, layout: str, tint: RGB) -> None:
             _add(face, _rect(u0, u1, v0, v1), tint, "glass")
 
 
-def build_model(identity: VehicleIdentity) -> tuple[_Part, ...]:
+def vehicle_parts(identity: VehicleIdentity) -> tuple[_Part, ...]:
     """The vehicle as convex parts with coloured faces and face details, in the vehicle frame (cached)."""
-    return _build_model(identity)
+    return _vehicle_parts(identity)
 
 
 @lru_cache(maxsize=1024)
-def _build_model(identity: VehicleIdentity) -> tuple[_Part, ...]:
+def _vehicle_parts(identity: VehicleIdentity) -> tuple[_Part, ...]:
     spec = BODY_SPECS[identity.type_name]
     paint = identity.paint
     L, hw, r = spec.length, spec.width / 2, spec.wheel_r
@@ -683,7 +683,7 @@ def project_vehicle(vehicle: VehicleIdentity | int | str, orientation: float,
     ident = vehicle if isinstance(vehicle, VehicleIdentity) else generic_identity(vehicle)
     out: dict[str, ProjectedFace] = {}
     k = 0
-    for vf in project_model(build_model(ident), orientation, elevation):
+    for vf in project_model(vehicle_parts(ident), orientation, elevation):
         out[f"{vf.part}.{vf.name}"] = ProjectedFace(vf.points, vf.visible, k if vf.visible else -1)
         k += vf.visible
     return out

@@ -54,10 +54,22 @@ def _names(keys: list[str], limit: int = 20) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file safely and return its flat ``name -> tensor`` mapping (``module.`` stripped)."""
+    """Read a weights file safely and return its flat ``name -> tensor`` mapping (``module.`` stripped).
+
+    The one reader of weight files: ImageNet releases, vreid's ``model_final.pth`` / ``.safetensors``, training
+    checkpoints (weights under ``model``), Mask R-CNN weights.
+    """
     path = Path(path)
     if not path.is_file():
-        raise VreidError(f"{path}: pretrained weights file not found")
+        raise VreidError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError, ValueError... for a corrupt or cut file
+            raise VreidError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
+        return {k[len(_DP_PREFIX):] if k.startswith(_DP_PREFIX) else k: v for k, v in obj.items()}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files

@@ -26,6 +26,7 @@ from PIL import Image
 from vreid.data.formats.common import IMAGE_SUFFIXES
 from vreid.data.images import read_image
 from vreid.engine.checkpoint import load_checkpoint
+from vreid.engine.distributed import default_device
 from vreid.errors import VreidError
 from vreid.prep.unit.networks import UnitGenerator
 from vreid.prep.unit.train import find_images, to_image, to_tensor
@@ -46,7 +47,7 @@ def load_translator(checkpoint: str | Path, device: str | torch.device | None = 
         generator.load_state_dict(state["generator"])
     except (KeyError, RuntimeError) as exc:
         raise VreidError(f"{checkpoint}: UNIT generator does not match its stored options ({exc})") from None
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device) if device else default_device()
     return generator.to(device).eval(), int(arch["image_size"])
 
 

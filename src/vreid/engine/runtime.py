@@ -5,27 +5,17 @@ Tensors go in and come out on the CPU; ONNX Runtime runs on CUDA when its GPU bu
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
 
-from vreid.errors import ConfigError, VreidError
+from vreid.errors import ConfigError, VreidError, require_package
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = "images", "features"
-
-
-def require(module: str, extra: str) -> ModuleType:
-    """Import an optional dependency or say which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise VreidError(f"this needs the Python package {module!r}: pip install 'vreid[{extra}]'") from None
 
 
 class OnnxModel(nn.Module):
@@ -33,7 +23,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, threads: int = 0):
         super().__init__()
-        ort = require("onnxruntime", "export")
+        ort = require_package("onnxruntime", "export")
         self.path = Path(path)
         if not self.path.is_file():
             raise VreidError(f"{self.path}: ONNX model not found")

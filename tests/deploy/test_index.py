@@ -7,9 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 
+from vreid.deploy import index as index_module
+from vreid.deploy.index import GalleryIndex, SearchFilter
 from vreid.errors import VreidError
-from vreid.retrieval import index as index_module
-from vreid.retrieval.index import GalleryIndex, SearchFilter
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 CONFIGS = [("exact", "numpy"), *([("exact", "faiss"), ("ivf", "faiss"), ("hnsw", "faiss")] if HAS_FAISS else [])]
@@ -163,3 +163,31 @@ def test_ivf_too_small_to_train_searches_exactly_then_trains():
     index.add(np.arange(20, 100), feats[20:])
     assert [h.id for h in index.search(q, 3)[0]] == _brute(feats, range(100), q[0], 3)  # probes all lists
     assert index.trained_nlist == 32
+
+
+def test_search_on_a_torch_device_matches_brute_force():
+    feats, cams, tracks, times = _gallery()
+    index = _index(feats, cams, tracks, times, engine="numpy")
+    queries = np.random.default_rng(1).normal(size=(7, feats.shape[1])).astype(np.float32)
+    got = index.search(queries, top_k=10, device="cpu")
+    numpy_hits = index.search(queries, top_k=10)
+    for q, hits, ref in zip(queries, got, numpy_hits, strict=True):
+        assert [h.id for h in hits] == _brute(feats, np.arange(len(feats)), q, 10)
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], atol=1e-5)
+    # with a filter, only the rows that pass, on the device as with numpy
+    where = SearchFilter(cameras=("c1",))
+    for q, hits in zip(queries, index.search(queries, top_k=5, where=where, device="cpu"), strict=True):
+        alive = [i for i in range(len(feats)) if cams[i] == "c1"]
+        assert [h.id for h in hits] == _brute(feats[alive], alive, q, 5)
+
+
+def test_search_in_small_device_blocks_gives_the_same_hits(monkeypatch):
+    from vreid.retrieval import accel
+
+    feats, cams, tracks, times = _gallery()
+    index = _index(feats, cams, tracks, times, engine="numpy")
+    queries = feats[:9] + 0.1
+    before = index.search(queries, 5, device="cpu")
+    monkeypatch.setattr(accel, "_BLOCK_ELEMENTS", {"cpu": 700, "cuda": 700})
+    after = index.search(queries, 5, device="cpu")
+    assert [[h.id for h in row] for row in after] == [[h.id for h in row] for row in before]

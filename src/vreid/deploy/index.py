@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vreid.errors import VreidError
+from vreid.features import check_feature_matrix
+from vreid.retrieval.distance import smallest_k
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,7 @@ class SearchFilter:
 
 def unit_rows(features: np.ndarray, what: str) -> np.ndarray:
     """Float32 rows scaled to unit length; a clear error for a non-matrix or non-finite values."""
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2:
-        raise VreidError(f"{what}: expected a 2-D feature matrix, got shape {features.shape}")
-    if not np.isfinite(features).all():
-        raise VreidError(f"{what}: features contain NaN or infinity")
+    features = check_feature_matrix(features, what)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return np.ascontiguousarray(features / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -309,10 +307,8 @@ class GalleryIndex:
             scores = queries[start:start + block] @ gallery.T
             if masked:
                 scores[:, ~ok] = -np.inf
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            for r in range(len(part)):
-                order = part[r][np.lexsort((ids[part[r]], -scores[r, part[r]]))]
-                out.append([Match(int(ids[j]), float(scores[r, j])) for j in order])
+            best = smallest_k(-scores, k)  # ties: lower position, i.e. lower id (ids grow with position)
+            out += [[Match(int(ids[j]), float(scores[r, j])) for j in row] for r, row in enumerate(best)]
         return out
 
     def search(self, queries: np.ndarray, top_k: int = 20, where: SearchFilter | None = None,
