@@ -17,10 +17,12 @@ import torch
 
 from vreid.errors import VreidError
 from vreid.fileio import atomic_write_bytes
+from vreid.runfiles import FINAL_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-FINAL_WEIGHTS = "model_final"  # OUTPUT_DIR/model_final.pth and .safetensors: what `vreid train` leaves
+__all__ = ["FINAL_WEIGHTS", "NonFiniteWeights", "load_checkpoint", "model_weights", "non_finite_tensors",
+           "rng_state", "save_checkpoint", "save_final_weights", "set_rng_state"]
 
 
 class NonFiniteWeights(VreidError):
