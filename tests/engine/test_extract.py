@@ -10,8 +10,9 @@ from torch import nn
 
 from conftest import write_jpeg, write_noise_png
 from vreid.data.records import ImageRecord
-from vreid.engine.extract import FeatureSet, extract_features
+from vreid.engine.extract import extract_features
 from vreid.errors import VreidError
+from vreid.features import FeatureSet
 
 
 class ColumnMeans(nn.Module):

@@ -56,6 +56,12 @@ def test_param_groups_split_decay_and_head_lr():
     assert by_param[id(model[3].weight)]["lr"] == pytest.approx(1.0)  # head x10
     assert id(model[3].bias) not in by_param
     assert sum(len(g["params"]) for g in groups) == 5
+    # written out: (params, lr, weight decay) of each group, backbone x10 below the head, no decay on norms/biases
+    expected = [({id(model[3].weight)}, 1.0, 5e-4), ({id(model[1].weight), id(model[1].bias)}, 1.0, 0.0),
+                ({id(model[0].weight)}, 0.1, 5e-4), ({id(model[0].bias)}, 0.1, 0.0)]
+    got = {frozenset(id(p) for p in g["params"]): (g["lr"], g["weight_decay"]) for g in groups}
+    assert len(groups) == 4 and got == {frozenset(ids): (lr, wd) for ids, lr, wd in expected}
     opt = torch.optim.SGD(groups, lr=0.1)
-    set_lr(opt, 0.1, 0.5)
-    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.05, 0.05, 0.5, 0.5][: len(groups)])
+    assert set_lr(opt, 0.1, 0.5) == pytest.approx(0.05)
+    lrs = {frozenset(id(p) for p in g["params"]): g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({frozenset(ids): 0.5 * lr for ids, lr, _ in expected})

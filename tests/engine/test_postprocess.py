@@ -90,7 +90,47 @@ def test_metrics_include_both_protocols(tmp_path):
     dist = final_distance(cfg, q, g)
     m = metrics_from_distance(cfg, dist, q, g)
     ref = evaluate(dist, q.vehicle_ids, g.vehicle_ids, q.camera_ids, g.camera_ids)
-    assert m["mAP"] == pytest.approx(ref["mAP"]) and 0 <= m["aic_mAP@100"] <= 1 and m["num_query"] == 12
+    assert m["mAP"] == pytest.approx(ref["mAP"]) and m["num_query"] == 12
+    aic_map, aic_rank1 = brute_force_aic(dist, q.vehicle_ids, g.vehicle_ids, top_k=100)
+    assert m["aic_mAP@100"] == pytest.approx(aic_map) and m["aic_rank1"] == pytest.approx(aic_rank1)
+
+
+def brute_force_aic(dist, query_ids, gallery_ids, top_k):
+    """AI City rank-K mAP, one query at a time: the precision at each true match within the first K of the sorted
+    list, summed, over min(true matches, K); and the share of queries whose first item is a true match."""
+    aps, first = [], []
+    for i in range(len(dist)):
+        match = gallery_ids[np.argsort(dist[i], kind="stable")] == query_ids[i]
+        if not match.any():
+            continue
+        hits = [rank for rank in range(min(top_k, len(match))) if match[rank]]
+        aps.append(sum((n + 1) / (rank + 1) for n, rank in enumerate(hits)) / min(int(match.sum()), top_k))
+        first.append(bool(match[0]))
+    return float(np.mean(aps)), float(np.mean(first))
+
+
+def test_aic_map_counts_only_the_first_100_of_a_long_gallery():
+    """300 gallery images of 3 ids (100 true matches per query, spread over the ranking): rank 100 cuts the list."""
+    hand = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]])  # matches (id a) at ranks 1 and 3; at 2 and 4
+    got = brute_force_aic(hand, np.array(["a", "a"]), np.array(["a", "b", "a", "b"]), top_k=3)
+    assert got[0] == pytest.approx(((1 / 1 + 2 / 3) / 2 + (1 / 2) / 2) / 2) and got[1] == 0.5
+    rng = np.random.default_rng(3)
+    ids = np.array([f"{i % 3}" for i in range(310)])
+    feats = rng.normal(size=(310, 8)).astype(np.float32)
+    feats[:, 0] += 0.8 * (ids == "0")  # a weak signal: some matches rank early, many after 100
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+
+    def fs(idx, camera):
+        return FeatureSet(feats[idx], ids[idx], np.array([camera] * len(idx)), np.array([""] * len(idx)),
+                          np.array([f"/x/{j}.jpg" for j in idx]))
+
+    q, g = fs(np.arange(10), "c1"), fs(np.arange(10, 310), "c2")
+    cfg = load_config()
+    dist = final_distance(cfg, q, g)
+    m = metrics_from_distance(cfg, dist, q, g)
+    aic_map, aic_rank1 = brute_force_aic(dist, q.vehicle_ids, g.vehicle_ids, top_k=100)
+    assert m["aic_mAP@100"] == pytest.approx(aic_map) and m["aic_rank1"] == pytest.approx(aic_rank1)
+    assert aic_map != pytest.approx(brute_force_aic(dist, q.vehicle_ids, g.vehicle_ids, top_k=300)[0])
 
 
 def test_rerank_ensemble_submit_commands(tmp_path, caplog):

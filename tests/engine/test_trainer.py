@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,12 @@ def test_train_writes_outputs_validates_and_tests(city, tmp_path):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(rec.get("split") == "validation" and 0 <= rec["mAP"] <= 1 for rec in lines)
     assert all("loss" in rec for rec in lines if "split" not in rec)
-    final = weights(out / "model_final.pth")
-    assert not any(k.startswith("classifier.") for k in final) or "classifier.weight" in final
+    final, last = weights(out / "model_final.pth"), weights(out / "checkpoints" / "last.pth")
+    assert (last["epoch"], last["batch"]) == (2, 0)
+    # the final weights are the EMA copy (SOLVER.EMA_DECAY 0.9), all of it: the ID classifier too
+    assert final.keys() == last["ema"].keys() == last["model"].keys() and "classifier.weight" in final
+    assert all(torch.equal(final[k], last["ema"][k]) for k in final)
+    assert not all(torch.equal(final[k], last["model"][k]) for k in final)
     result = vreid("test", "--config-file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth"),
                    "OUTPUT_DIR", str(tmp_path / "test"))
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
@@ -73,34 +77,51 @@ def test_train_writes_outputs_validates_and_tests(city, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
+KILL_SCRIPT = """
+import os, signal, sys
+from vreid.config import load_config
+from vreid.engine.hooks import HookBase
+from vreid.engine.trainer import train
+
+class KillAt(HookBase):  # after every other hook of the step: its metrics line is written, its checkpoint not
+    def after_step(self):
+        if self.trainer.step == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_config(sys.argv[2], sys.argv[3:]), hooks=[KillAt()])
+"""
+
+
 def test_killed_and_resumed_run_ends_with_the_same_weights(city, tmp_path):
+    """SIGKILL at step 8 of 10 (5 per epoch), checkpoints every 2: the run resumes from step 7, mid-epoch 2."""
+    extra = ("SOLVER.CHECKPOINT_ITERS", "2", "SOLVER.LOG_PERIOD", "1")
     reference = tmp_path / "reference"
-    vreid(*train_args(city, reference, "SOLVER.CHECKPOINT_ITERS", "2"))
+    vreid(*train_args(city, reference, *extra))
 
     killed = tmp_path / "killed"
-    last = killed / "checkpoints" / "last.pth"
-    proc = subprocess.Popen([sys.executable, "-m", "vreid.cli", *train_args(city, killed, "SOLVER.CHECKPOINT_ITERS",
-                                                                           "2")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: the first checkpoint is written at iteration 2
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    state = torch.load(last, weights_only=True)
-    assert (state["epoch"], state["batch"]) != (2, 0), "the run finished before it could be killed"
-    vreid(*train_args(city, killed, "SOLVER.CHECKPOINT_ITERS", "2"), "--resume")
+    args = train_args(city, killed, *extra)
+    assert args[:2] == ["train", "--config-file"]
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "kill.py"), "8", *args[2:]], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    state = torch.load(killed / "checkpoints" / "last.pth", weights_only=True)
+    assert (state["epoch"], state["batch"]) == (1, 2)  # epoch 2, batch 2 = step 7
+    assert [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()] == [
+        1, 2, 3, 4, 5, 6, 7, 8]  # step 8 was logged after the checkpoint: the resumed run must not log it twice
+    assert not (killed / "model_final.pth").exists()
+    vreid(*args, "--resume")
 
     a, b = weights(reference / "model_final.pth"), weights(killed / "model_final.pth")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
-    def steps(run: Path) -> list[int]:  # every line whole, each logged iteration once, as in an uninterrupted run
-        return [json.loads(line).get("step", -1) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    def records(run: Path) -> list[dict]:  # every line whole, each logged step once, as in an uninterrupted run
+        return [{k: v for k, v in json.loads(line).items() if k not in ("time", "images_per_s")}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
 
-    assert steps(killed) == steps(reference) and len(steps(reference)) >= 4
+    assert [r["step"] for r in records(reference)] == list(range(1, 11))
+    assert records(killed) == records(reference)  # the same losses and learning rates too
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(city, tmp_path):
@@ -108,10 +129,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(city, tmp_
     result = vreid(*train_args(city, out, "SOLVER.BASE_LR", "1e30", "SOLVER.CHECKPOINT_ITERS", "1",
                                "SOLVER.OPTIMIZER", "sgd"), check=False)
     assert result.returncode == 2
-    assert "loss became" in result.stderr and "last good checkpoint" in result.stderr
-    if (out / "checkpoints" / "last.pth").exists():
-        state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
-        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    # step 1 runs on the initial weights and leaves huge but finite ones; the loss of step 2 is not finite
+    assert "loss became nan at epoch 1, iteration 2" in result.stderr and "last good checkpoint" in result.stderr
+    state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    assert (state["epoch"], state["batch"]) == (0, 1)  # the state after step 1, written before step 2 diverged
+    floats = [v for v in state["model"].values() if v.is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in floats) and max(float(v.abs().max()) for v in floats) > 1e10
+    assert not (out / "model_final.pth").exists()
 
 
 def test_batches_of_only_unreadable_images_are_skipped_not_a_crash(city, tmp_path):
@@ -171,22 +195,6 @@ def test_train_with_test_flag_evaluates_the_final_weights(city, tmp_path):
     assert together["rank1"] == pytest.approx(separate["rank1"], abs=1e-6)
 
 
-def test_metrics_are_cut_back_to_the_resumed_position(tmp_path):
-    from vreid.engine.trainer import MetricsLog
-
-    records = [{"epoch": 1 + (s - 1) // 5, "iter": 1 + (s - 1) % 5, "step": s, "loss": 1.0 / s} for s in range(1, 9)]
-    records.insert(5, {"epoch": 1, "split": "validation", "mAP": 0.5})  # after epoch 1 = step 5
-    lines = [json.dumps(r) for r in records]
-    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 2, "iter": 4, "st')  # cut by a kill
-    log = MetricsLog(tmp_path, enabled=True)
-    assert log.truncate(step=6, iters_per_epoch=5) == 3  # steps 7, 8 and the partial line
-    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert kept == [r for r in records if r.get("step", 5) <= 6]
-    log.write({"epoch": 2, "iter": 2, "step": 7}, 7)  # the resumed run continues the file
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 7
-    log.close()
-
-
 def test_validation_uses_the_test_flip_setting(tmp_path):
     """trainer.validate embeds as `vreid test` does: with TEST.FLIP, the mean of image and mirror features."""
     from conftest import write_noise_png
@@ -229,3 +237,39 @@ def test_validation_uses_the_test_flip_setting(tmp_path):
         assert got["mAP"] == pytest.approx(float(expected["mAP"]))
         results[flip] = got["mAP"]
     assert results[False] != results[True]  # the setting reaches the embeddings
+
+
+def test_a_custom_hook_sees_every_step_and_the_log_file_is_released(city, tmp_path):
+    """``train(cfg, hooks=[...])``: an added hook receives each step (what metrics.jsonl logs); the run's log file
+    handler is removed after the run, also when a hook raises."""
+    from vreid.config import load_config
+    from vreid.engine.hooks import HookBase
+    from vreid.engine.trainer import train
+
+    class Recorder(HookBase):
+        def __init__(self, fail_at: int = 0):
+            self.steps: list[tuple] = []
+            self.fail_at = fail_at
+
+        def after_step(self):
+            t = self.trainer
+            self.steps.append((t.epoch, t.batch, t.step, t.lr, t.parts["loss"]))
+            if t.step == self.fail_at:
+                raise KeyboardInterrupt  # what Ctrl-C raises mid-run
+
+    vreid_logger = logging.getLogger("vreid")
+    handlers = list(vreid_logger.handlers)
+    args = train_args(city, tmp_path / "run", "SOLVER.MAX_EPOCHS", "1", "SOLVER.LOG_PERIOD", "1")
+    recorder = Recorder()
+    train(load_config(args[2], args[3:]), hooks=[recorder])
+    assert vreid_logger.handlers == handlers
+    assert [s[:3] for s in recorder.steps] == [(0, b, b) for b in range(1, 6)]  # 5 batches per epoch
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"], r["loss"]) for r in logged] == [(s[2], s[3], s[4]) for s in recorder.steps]
+
+    args = train_args(city, tmp_path / "stopped", "SOLVER.MAX_EPOCHS", "1")
+    failing = Recorder(fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(args[2], args[3:]), hooks=[failing])
+    assert vreid_logger.handlers == handlers and len(failing.steps) == 2
+    assert not (tmp_path / "stopped" / "model_final.pth").exists()  # after_train does not run after an error

@@ -147,7 +147,7 @@ def test_whole_pipeline_on_a_tiny_city_then_skip_resume_and_refuse_stale(tmp_pat
                                                    "+ track re-ranking")] + [("ensemble", "+ ensemble")]
     assert summary["rows"] == rows and "| ensemble | + ensemble |" in (run / "final" / "metrics.md").read_text()
     # single model: the plain distance of the extracted features, evaluated directly
-    from vreid.engine.postprocess import load_pair
+    from vreid.features import load_pair
 
     q, g = load_pair(run / "extract_mix")
     direct = evaluate(pairwise_distance(q.features, g.features), q.vehicle_ids, g.vehicle_ids, q.camera_ids,

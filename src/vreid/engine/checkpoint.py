@@ -22,7 +22,8 @@ from vreid.runfiles import FINAL_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-
+__all__ = ["FINAL_WEIGHTS", "NonFiniteWeights", "load_checkpoint", "model_weights", "non_finite_tensors",
+           "rng_state", "save_checkpoint", "save_final_weights", "set_rng_state"]
 
 
 class NonFiniteWeights(VreidError):

@@ -40,6 +40,7 @@ class ReIDCriterion(nn.Module):
         malw: MomentumAdaptiveLossWeight | None = None,
         metric_feat: str = "before",
         group_weight: float = 0.0,
+        reduce_scalars: Callable[[list[float]], list[float]] | None = None,
     ):
         super().__init__()
         if id_loss is None and not metric_losses:
@@ -53,8 +54,8 @@ class ReIDCriterion(nn.Module):
         self.malw = malw if id_loss is not None and metric_losses else None
         self.feature_key = FEATURE_KEYS[metric_feat]
         self.group_weight = group_weight
-        # Under DDP the trainer sets this to an all-reduce mean, so MALW sees the same losses on every rank.
-        self.reduce_scalars: Callable[[list[float]], list[float]] = lambda values: values
+        # Under DDP the trainer passes an all-reduce mean, so MALW sees the same losses on every rank.
+        self.reduce_scalars: Callable[[list[float]], list[float]] = reduce_scalars or (lambda values: values)
 
     def forward(
         self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor
@@ -102,8 +103,8 @@ def check_loss_config(cfg) -> None:
     check_choice(cfg, "LOSSES.MALW.UPDATE", UPDATE_RULES)
 
 
-def build_criterion(cfg) -> ReIDCriterion:
-    """The objective described by ``cfg.LOSSES``."""
+def build_criterion(cfg, reduce_scalars: Callable[[list[float]], list[float]] | None = None) -> ReIDCriterion:
+    """The objective described by ``cfg.LOSSES``; ``reduce_scalars`` averages MALW's losses over processes (DDP)."""
     check_loss_config(cfg)
     c = cfg.LOSSES
     names = tuple(c.NAMES)
@@ -119,4 +120,4 @@ def build_criterion(cfg) -> ReIDCriterion:
     if c.MALW.ENABLED:
         malw = MomentumAdaptiveLossWeight(interval=c.MALW.INTERVAL, momentum=c.MALW.MOMENTUM,
                                           id_weight=c.CE.WEIGHT, record=c.MALW.RECORD, update=c.MALW.UPDATE)
-    return ReIDCriterion(id_loss, metric, c.CE.WEIGHT, malw, c.METRIC_FEAT, c.GROUP_WEIGHT)
+    return ReIDCriterion(id_loss, metric, c.CE.WEIGHT, malw, c.METRIC_FEAT, c.GROUP_WEIGHT, reduce_scalars)

@@ -14,13 +14,15 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from vreid.config import get_defaults
 from vreid.prep.unit.networks import UnitModel
 
-GAN_W = 1.0
-RECON_X_W = 10.0
-RECON_KL_W = 0.01
-RECON_X_CYC_W = 10.0
-RECON_KL_CYC_W = 0.01
+_UNIT = get_defaults().UNIT  # the loss weights' defaults are the config's (config.py: UNIT.*), written once there
+GAN_W = _UNIT.GAN_W
+RECON_X_W = _UNIT.RECON_X_W
+RECON_KL_W = _UNIT.RECON_KL_W
+RECON_X_CYC_W = _UNIT.RECON_X_CYC_W
+RECON_KL_CYC_W = _UNIT.RECON_KL_CYC_W
 
 
 def kl_loss(mu: torch.Tensor) -> torch.Tensor:

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vreid.config import get_defaults
 from vreid.data.formats.common import IMAGE_SUFFIXES
 from vreid.data.images import read_image
 from vreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vreid.engine.distributed import default_device
+from vreid.engine.hooks import CheckpointHook, HookBase, LogFileHook, MetricsLog, TrainerBase
 from vreid.engine.precision import AMP_DTYPES
 from vreid.errors import ConfigError, VreidError
-from vreid.fileio import atomic_write_bytes, atomic_write_text
+from vreid.fileio import atomic_write_bytes
 from vreid.prep.unit.losses import (
     GAN_W,
     RECON_KL_CYC_W,
@@ -49,50 +51,52 @@ from vreid.prep.unit.losses import (
     generator_loss,
 )
 from vreid.prep.unit.networks import UnitGenerator, UnitModel, count_parameters
+from vreid.runfiles import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_FILE, LOSSES_FILE, TRANSLATOR_FILE
 
 log = logging.getLogger(__name__)
 
-LAST = "last.pth"
-TRANSLATOR = "translator.pth"
 TRANSLATOR_FORMAT = "vreid-unit-translator"
 CHECKPOINT_FORMAT = "vreid-unit-checkpoint"
 # Options that fix the network shapes: a checkpoint only resumes/loads with the same values.
 ARCH_KEYS = ("image_size", "width", "n_downsample", "n_res", "n_shared", "dis_width", "dis_layers", "dis_scales")
 
 
+_UNIT = get_defaults().UNIT  # the defaults of every option config.py maps (UNIT.*) are written there, once
+
+
 @dataclass
 class UnitOptions:
     """UNIT hyper-parameters; defaults from the official release (configs/unit_*.yaml) unless noted."""
 
-    image_size: int = 256  # square training/translation size (official crop 256)
-    width: int = 64  # generator channels after the stem (official gen.dim)
-    n_downsample: int = 2  # stride-2 convolutions in each encoder (official)
-    n_res: int = 4  # residual blocks per encoder and per generator (official)
-    n_shared: int = 1  # of which shared between the domains: last of E, first of G (paper's NIPS code)
-    dis_width: int = 64  # discriminator channels of the first layer (official dis.dim)
-    dis_layers: int = 4  # stride-2 convolutions per discriminator scale (official dis.n_layer)
-    dis_scales: int = 3  # multi-scale discriminator scales (official dis.num_scales)
+    image_size: int = _UNIT.IMAGE_SIZE  # square training/translation size (official crop 256)
+    width: int = _UNIT.WIDTH  # generator channels after the stem (official gen.dim)
+    n_downsample: int = _UNIT.N_DOWNSAMPLE  # stride-2 convolutions in each encoder (official)
+    n_res: int = _UNIT.N_RES  # residual blocks per encoder and per generator (official)
+    n_shared: int = _UNIT.N_SHARED  # of which shared between the domains: last of E, first of G (paper's NIPS code)
+    dis_width: int = _UNIT.DIS_WIDTH  # discriminator channels of the first layer (official dis.dim)
+    dis_layers: int = _UNIT.DIS_LAYERS  # stride-2 convolutions per discriminator scale (official dis.n_layer)
+    dis_scales: int = _UNIT.DIS_SCALES  # multi-scale discriminator scales (official dis.num_scales)
     crop_min_scale: float = 0.8  # random crop of this area fraction..1 (image aspect kept), then resize
     hflip: bool = True
-    lr: float = 1e-4
+    lr: float = _UNIT.LR
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1e-4
     lr_step: int = 100_000  # lr *= lr_gamma every lr_step iterations (official step policy)
     lr_gamma: float = 0.5
-    batch_size: int = 1  # official value
-    iterations: int = 200_000  # official max_iter is 1,000,000
-    time_limit: float = 0.0  # stop (checkpoint + translator written) after this many seconds; 0 = no limit
+    batch_size: int = _UNIT.BATCH_SIZE  # official value
+    iterations: int = _UNIT.ITERATIONS  # official max_iter is 1,000,000
+    time_limit: float = _UNIT.TIME_LIMIT  # stop (checkpoint + translator written) after this many seconds; 0: none
     gan_w: float = GAN_W
     recon_x_w: float = RECON_X_W
     recon_kl_w: float = RECON_KL_W
     recon_x_cyc_w: float = RECON_X_CYC_W
     recon_kl_cyc_w: float = RECON_KL_CYC_W
-    sample_period: int = 1000  # write samples/iter_XXXXXX.png every this many iterations (0: only at the end)
+    sample_period: int = _UNIT.SAMPLE_PERIOD  # samples/iter_XXXXXX.png every N iterations (0: at the end)
     sample_count: int = 4  # images per row of the sample grid (official display_size)
-    checkpoint_period: int = 10_000  # also written at the end (official snapshot_save_iter)
+    checkpoint_period: int = _UNIT.CHECKPOINT_PERIOD  # also written at the end (official snapshot_save_iter)
     log_period: int = 10
     seed: int = 0
-    amp: str = "off"  # "off", "bf16" or "fp16"; used on a GPU only
+    amp: str = _UNIT.AMP  # "off", "bf16" or "fp16"; used on a GPU only
     workers: int = 4  # image-decoding worker processes
     device: str = ""  # "" = cuda when available, else cpu
 
@@ -136,7 +140,7 @@ class UnitOptions:
         return cls(**kwargs)
 
 
-def build_model(options: UnitOptions) -> UnitModel:
+def build_unit_model(options: UnitOptions) -> UnitModel:
     return UnitModel(3, options.width, options.n_downsample, options.n_res, options.n_shared,
                      options.dis_width, options.dis_layers, options.dis_scales)
 
@@ -247,7 +251,7 @@ def _save_grid(rows: Sequence[torch.Tensor], path: Path) -> Path:
 def _device(options: UnitOptions) -> torch.device:
     if options.device:
         return torch.device(options.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 def save_translator(generator: UnitGenerator, options: UnitOptions, path: str | Path, iteration: int = 0) -> Path:
@@ -259,13 +263,209 @@ def save_translator(generator: UnitGenerator, options: UnitOptions, path: str | 
     }, path)
 
 
-def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop records past ``iteration`` (written after the checkpoint a resumed run starts from)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+class UnitTrainer(TrainerBase):
+    """UNIT's state and step: one "epoch" of ``options.iterations`` steps, discriminators then generators."""
+
+    def __init__(self, images_a: list[Path], images_b: list[Path], out: Path, options: UnitOptions, resume: bool,
+                 hooks: Sequence[HookBase] = ()):
+        super().__init__(hooks)
+        self.images_a, self.images_b, self.out, self.options, self.resume = images_a, images_b, out, options, resume
+        self.ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+        self.iters_per_epoch, self.max_epochs = options.iterations, 1
+        self.lr, self.stats = options.lr, {}  # of the last step
+
+    def setup(self) -> None:
+        options = self.options
+        self.device = device = _device(options)
+        self.amp_dtype = AMP_DTYPES[options.amp]
+        if self.amp_dtype is not None and device.type != "cuda":
+            log.warning("UNIT amp=%s is used on a GPU only: training in float32 on %s", options.amp, device)
+            self.amp_dtype = None
+        random.seed(options.seed)
+        torch.manual_seed(options.seed)
+        self.model = model = build_unit_model(options).to(device)
+        adam = {"lr": options.lr, "betas": tuple(options.betas), "weight_decay": options.weight_decay}
+        self.gen_opt = torch.optim.Adam(model.generator_parameters(), **adam)
+        self.dis_opt = torch.optim.Adam(model.discriminator_parameters(), **adam)
+        self.fp16 = self.amp_dtype is torch.float16
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=self.fp16)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=self.fp16)
+        log.info("UNIT: %d source (a) and %d target (b) images, %d generator + %d discriminator parameters, "
+                 "device %s, amp %s", len(self.images_a), len(self.images_b), count_parameters(model.generator),
+                 count_parameters(model.dis_a) + count_parameters(model.dis_b), device, options.amp)
+        self.losses = MetricsLog(self.out / LOSSES_FILE)
+        if self.resume:
+            self._restore()
+        self.fixed_a = _load_fixed(self.images_a, options.sample_count, options.image_size).to(device)
+        self.fixed_b = _load_fixed(self.images_b, options.sample_count, options.image_size).to(device)
+        sampler = _IterationSampler((len(self.images_a), len(self.images_b)), options.batch_size, options.seed,
+                                    self.start_batch, options.iterations)
+        self.loader = torch.utils.data.DataLoader(
+            _PairDataset(self.images_a, self.images_b, options), batch_sampler=sampler,
+            num_workers=options.workers, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(options.seed), persistent_workers=False)
+        model.train()
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.ckpt_path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise VreidError(f"{self.ckpt_path}: not a UNIT training checkpoint")
+        options, model = self.options, self.model
+        saved = UnitOptions.from_dict(state["options"])
+        if saved.architecture() != options.architecture():
+            raise VreidError(f"{self.ckpt_path}: network options {saved.architecture()} differ from the requested "
+                             f"{options.architecture()}")
+        changed = {k: v for k, v in options.to_dict().items() if state["options"].get(k) != v}
+        if changed:
+            log.info("resuming with changed options: %s", changed)
+        model.generator.load_state_dict(state["generator"])
+        model.dis_a.load_state_dict(state["discriminator"]["a"])
+        model.dis_b.load_state_dict(state["discriminator"]["b"])
+        self.gen_opt.load_state_dict(state["gen_opt"])
+        self.dis_opt.load_state_dict(state["dis_opt"])
+        if self.fp16 and state.get("scaler_g"):
+            self.scaler_g.load_state_dict(state["scaler_g"])
+            self.scaler_d.load_state_dict(state["scaler_d"])
+        self.start_batch, self.resumed = int(state["iteration"]), True
+        set_rng_state(state["rng"])
+        self.losses.truncate(lambda record: record.get("iteration", 0) <= self.start_batch, self.start_batch)
+        log.info("resumed from %s at iteration %d", self.ckpt_path, self.start_batch)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "format": CHECKPOINT_FORMAT, "version": 1, "iteration": self.step,
+            "model": self.options.architecture(), "options": self.options.to_dict(),
+            "generator": model.generator.state_dict(),
+            "discriminator": {"a": model.dis_a.state_dict(), "b": model.dis_b.state_dict()},
+            "gen_opt": self.gen_opt.state_dict(), "dis_opt": self.dis_opt.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return self.loader
+
+    def run_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        o, model = self.options, self.model
+        self.lr = o.lr * o.lr_gamma ** (self.step // o.lr_step)
+        for opt in (self.gen_opt, self.dis_opt):
+            for group in opt.param_groups:
+                group["lr"] = self.lr
+        x_a = batch[0].to(self.device, non_blocking=True)
+        x_b = batch[1].to(self.device, non_blocking=True)
+
+        with self.autocast():
+            d_loss, d_stats = discriminator_loss(model, x_a, x_b, gan_w=o.gan_w)
+        self.dis_opt.zero_grad(set_to_none=True)
+        self.scaler_d.scale(d_loss).backward()
+        self.scaler_d.step(self.dis_opt)
+        self.scaler_d.update()
+
+        model.dis_a.requires_grad_(False)  # D is only a critic in the generator step
+        model.dis_b.requires_grad_(False)
+        with self.autocast():
+            g_loss, g_stats = generator_loss(model, x_a, x_b, gan_w=o.gan_w, recon_x_w=o.recon_x_w,
+                                             recon_kl_w=o.recon_kl_w, recon_x_cyc_w=o.recon_x_cyc_w,
+                                             recon_kl_cyc_w=o.recon_kl_cyc_w)
+        self.gen_opt.zero_grad(set_to_none=True)
+        self.scaler_g.scale(g_loss).backward()
+        self.scaler_g.step(self.gen_opt)
+        self.scaler_g.update()
+        model.dis_a.requires_grad_(True)
+        model.dis_b.requires_grad_(True)
+        self.stats = {**d_stats, **g_stats}
+        return True
+
+
+class UnitLossHook(HookBase):
+    """Every ``period`` iterations and at the last: the means of the losses over the period in losses.jsonl and a
+    log line; a non-finite mean stops the run (the checkpoint keeps the last good state)."""
+
+    def __init__(self, period: int):
+        self.period = period
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.last, self.t_log = 0, {}, 0.0
+
+    def before_epoch(self) -> None:
+        self.t_log = time.perf_counter()
+
+    def after_step(self) -> None:
+        t = self.trainer
+        for k, v in t.stats.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+        if t.step % self.period and t.step != t.max_steps:
+            return
+        last = {k: float(v) / self.count for k, v in self.sums.items()}
+        if not all(math.isfinite(v) for v in last.values()):
+            raise VreidError(f"UNIT training diverged at iteration {t.step} (non-finite loss: {last}); "
+                             f"{t.ckpt_path} holds the last good state: lower lr and resume")
+        now = time.perf_counter()
+        record = {"iteration": t.step, "lr": t.lr, **last,
+                  "iterations_per_second": self.count / max(now - self.t_log, 1e-9)}
+        t.losses.write(record, t.step)
+        log.info("UNIT iter %d/%d  D %.4f  G %.4f  recon %.4f  cyc %.4f  (%.2f it/s)", t.step, t.max_steps,
+                 last["d_total"], last["g_total"], last["recon_x_a"] + last["recon_x_b"],
+                 last["cyc_x_a"] + last["cyc_x_b"], record["iterations_per_second"])
+        self.sums, self.count, self.t_log, self.last = {}, 0, now, last
+
+
+class SamplesHook(HookBase):
+    """``samples/iter_XXXXXX.png`` every ``period`` iterations and at the end: rows source, source->target, target,
+    target->source of fixed images, translated with the mean latent (no noise: the RNG stream is untouched)."""
+
+    def __init__(self, folder: Path, period: int):
+        self.folder, self.period = folder, period
+        self.samples: list[str] = []
+
+    def write(self) -> None:
+        t = self.trainer
+        with torch.no_grad(), t.autocast():
+            rows = [t.fixed_a, t.model.translate_a2b(t.fixed_a), t.fixed_b, t.model.translate_b2a(t.fixed_b)]
+        self.samples.append(str(_save_grid(rows, self.folder / f"iter_{t.step:06d}.png")))
+
+    def after_step(self) -> None:
+        if self.period and self.trainer.step % self.period == 0:
+            self.write()
+
+    def after_train(self) -> None:
+        if not self.samples or not self.samples[-1].endswith(f"iter_{self.trainer.step:06d}.png"):
+            self.write()
+
+
+class TimeLimitHook(HookBase):
+    """Stops the run once ``seconds`` have passed since the loop began (the checkpoint and translator are still
+    written: resume to continue)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, 0.0
+
+    def before_epoch(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if time.perf_counter() - self.t0 >= self.seconds and t.step < t.max_steps:
+            log.info("UNIT: time limit of %.0f s reached at iteration %d/%d; resume to continue", self.seconds,
+                     t.step, t.max_steps)
+            t.request_stop()
+
+
+class TranslatorHook(HookBase):
+    """At the end: ``translator.pth``, the generator that ``vreid prep translate apply`` loads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def after_train(self) -> None:
+        t = self.trainer
+        save_translator(t.model.generator, t.options, self.path, t.step)
+        log.info("UNIT: %d iterations done, translator written to %s", t.step, self.path)
 
 
 def train_unit(source_dir: str | Path, target_dir: str | Path, out_dir: str | Path, options: UnitOptions | None = None,
@@ -278,171 +478,27 @@ def train_unit(source_dir: str | Path, target_dir: str | Path, out_dir: str | Pa
     options = options or UnitOptions()
     options.validate()
     out = Path(out_dir)
-    ckpt_path = out / "checkpoints" / LAST
+    ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume and not ckpt_path.is_file():
         raise VreidError(f"resume: no checkpoint at {ckpt_path}")
     if not resume and ckpt_path.is_file():
         raise VreidError(f"{ckpt_path} exists: resume to continue that run, or choose another output folder")
     images_a, images_b = find_images(source_dir), find_images(target_dir)
     out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("vreid").addHandler(handler)
-    try:
-        return _train(images_a, images_b, out, options, resume)
-    finally:
-        logging.getLogger("vreid").removeHandler(handler)
-        handler.close()
-
-
-def _train(images_a: list[Path], images_b: list[Path], out: Path, options: UnitOptions,
-           resume: bool) -> dict[str, Any]:
-    device = _device(options)
-    amp_dtype = AMP_DTYPES[options.amp]
-    if amp_dtype is not None and device.type != "cuda":
-        log.warning("UNIT amp=%s is used on a GPU only: training in float32 on %s", options.amp, device)
-        amp_dtype = None
-    ckpt_path = out / "checkpoints" / LAST
-    losses_path = out / "losses.jsonl"
-
-    random.seed(options.seed)
-    torch.manual_seed(options.seed)
-    model = build_model(options).to(device)
-    gen_params, dis_params = model.generator_parameters(), model.discriminator_parameters()
-    adam = {"lr": options.lr, "betas": tuple(options.betas), "weight_decay": options.weight_decay}
-    gen_opt = torch.optim.Adam(gen_params, **adam)
-    dis_opt = torch.optim.Adam(dis_params, **adam)
-    fp16 = amp_dtype is torch.float16
-    scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
-    scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
-    log.info("UNIT: %d source (a) and %d target (b) images, %d generator + %d discriminator parameters, "
-             "device %s, amp %s", len(images_a), len(images_b), count_parameters(model.generator),
-             count_parameters(model.dis_a) + count_parameters(model.dis_b), device, options.amp)
-
-    start = 0
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise VreidError(f"{ckpt_path}: not a UNIT training checkpoint")
-        saved = UnitOptions.from_dict(state["options"])
-        if saved.architecture() != options.architecture():
-            raise VreidError(f"{ckpt_path}: network options {saved.architecture()} differ from the requested "
-                             f"{options.architecture()}")
-        changed = {k: v for k, v in options.to_dict().items() if state["options"].get(k) != v}
-        if changed:
-            log.info("resuming with changed options: %s", changed)
-        model.generator.load_state_dict(state["generator"])
-        model.dis_a.load_state_dict(state["discriminator"]["a"])
-        model.dis_b.load_state_dict(state["discriminator"]["b"])
-        gen_opt.load_state_dict(state["gen_opt"])
-        dis_opt.load_state_dict(state["dis_opt"])
-        if fp16 and state.get("scaler_g"):
-            scaler_g.load_state_dict(state["scaler_g"])
-            scaler_d.load_state_dict(state["scaler_d"])
-        start = int(state["iteration"])
-        set_rng_state(state["rng"])
-        _truncate_log(losses_path, start)
-        log.info("resumed from %s at iteration %d", ckpt_path, start)
-
-    def save(iteration: int) -> None:
-        save_checkpoint({
-            "format": CHECKPOINT_FORMAT, "version": 1, "iteration": iteration,
-            "model": options.architecture(), "options": options.to_dict(),
-            "generator": model.generator.state_dict(),
-            "discriminator": {"a": model.dis_a.state_dict(), "b": model.dis_b.state_dict()},
-            "gen_opt": gen_opt.state_dict(), "dis_opt": dis_opt.state_dict(),
-            "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-            "rng": rng_state(),
-        }, ckpt_path)
-
-    fixed_a = _load_fixed(images_a, options.sample_count, options.image_size).to(device)
-    fixed_b = _load_fixed(images_b, options.sample_count, options.image_size).to(device)
-    samples: list[str] = []
-
-    def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-
-    def write_samples(iteration: int) -> None:
-        with torch.no_grad(), autocast():  # the mean latent: no noise, so the RNG stream is untouched
-            rows = [fixed_a, model.translate_a2b(fixed_a), fixed_b, model.translate_b2a(fixed_b)]
-        samples.append(str(_save_grid(rows, out / "samples" / f"iter_{iteration:06d}.png")))
-
-    sampler = _IterationSampler((len(images_a), len(images_b)), options.batch_size, options.seed,
-                                start, options.iterations)
-    loader = torch.utils.data.DataLoader(
-        _PairDataset(images_a, images_b, options), batch_sampler=sampler, num_workers=options.workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(options.seed),
-        persistent_workers=False)
-    weights = {"recon_x_w": options.recon_x_w, "recon_kl_w": options.recon_kl_w,
-               "recon_x_cyc_w": options.recon_x_cyc_w, "recon_kl_cyc_w": options.recon_kl_cyc_w}
-
-    iteration, sums, count, last = start, {}, 0, {}
-    t0, t_log = time.perf_counter(), time.perf_counter()
-    model.train()
-    for x_a, x_b in loader:
-        lr = options.lr * options.lr_gamma ** (iteration // options.lr_step)
-        for opt in (gen_opt, dis_opt):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        x_a = x_a.to(device, non_blocking=True)
-        x_b = x_b.to(device, non_blocking=True)
-
-        with autocast():
-            d_loss, d_stats = discriminator_loss(model, x_a, x_b, gan_w=options.gan_w)
-        dis_opt.zero_grad(set_to_none=True)
-        scaler_d.scale(d_loss).backward()
-        scaler_d.step(dis_opt)
-        scaler_d.update()
-
-        model.dis_a.requires_grad_(False)  # D is only a critic in the generator step
-        model.dis_b.requires_grad_(False)
-        with autocast():
-            g_loss, g_stats = generator_loss(model, x_a, x_b, gan_w=options.gan_w, **weights)
-        gen_opt.zero_grad(set_to_none=True)
-        scaler_g.scale(g_loss).backward()
-        scaler_g.step(gen_opt)
-        scaler_g.update()
-        model.dis_a.requires_grad_(True)
-        model.dis_b.requires_grad_(True)
-        iteration += 1
-
-        for k, v in {**d_stats, **g_stats}.items():
-            sums[k] = sums[k] + v if k in sums else v.clone()
-        count += 1
-        if iteration % options.log_period == 0 or iteration == options.iterations:
-            last = {k: float(v) / count for k, v in sums.items()}
-            if not all(math.isfinite(v) for v in last.values()):
-                raise VreidError(f"UNIT training diverged at iteration {iteration} (non-finite loss: {last}); "
-                                 f"{ckpt_path} holds the last good state: lower lr and resume")
-            now = time.perf_counter()
-            record = {"iteration": iteration, "lr": lr, **last,
-                      "iterations_per_second": count / max(now - t_log, 1e-9)}
-            with losses_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            log.info("UNIT iter %d/%d  D %.4f  G %.4f  recon %.4f  cyc %.4f  (%.2f it/s)", iteration,
-                     options.iterations, last["d_total"], last["g_total"], last["recon_x_a"] + last["recon_x_b"],
-                     last["cyc_x_a"] + last["cyc_x_b"], record["iterations_per_second"])
-            sums, count, t_log = {}, 0, now
-        if options.sample_period and iteration % options.sample_period == 0:
-            write_samples(iteration)
-        if options.checkpoint_period and iteration % options.checkpoint_period == 0 and iteration < options.iterations:
-            save(iteration)
-        if options.time_limit and time.perf_counter() - t0 >= options.time_limit and iteration < options.iterations:
-            log.info("UNIT: time limit of %.0f s reached at iteration %d/%d; resume to continue",
-                     options.time_limit, iteration, options.iterations)
-            break
-
-    seconds = time.perf_counter() - t0
-    if iteration > start or not ckpt_path.exists():
-        save(iteration)
-    if not samples or not samples[-1].endswith(f"iter_{iteration:06d}.png"):
-        write_samples(iteration)
-    translator = save_translator(model.generator, options, out / TRANSLATOR, iteration)
-    log.info("UNIT: %d iterations done, translator written to %s", iteration, translator)
+    losses = UnitLossHook(options.log_period)
+    samples = SamplesHook(out / "samples", options.sample_period)
+    hooks: list[HookBase] = [LogFileHook(out / LOG_FILE), losses, samples,
+                             CheckpointHook(ckpt_path, options.checkpoint_period)]
+    if options.time_limit:
+        hooks.append(TimeLimitHook(options.time_limit))
+    hooks.append(TranslatorHook(out / TRANSLATOR_FILE))
+    trainer = UnitTrainer(images_a, images_b, out, options, resume, hooks)
+    trainer.train()
+    model, seconds, done = trainer.model, trainer.loop_seconds, trainer.step - trainer.start_step
     return {
-        "iteration": iteration, "checkpoint": str(ckpt_path), "translator": str(translator),
-        "losses": str(losses_path), "samples": samples, "last_losses": last, "seconds": seconds,
-        "iterations_per_second": (iteration - start) / seconds if seconds > 0 and iteration > start else 0.0,
+        "iteration": trainer.step, "checkpoint": str(ckpt_path), "translator": str(out / TRANSLATOR_FILE),
+        "losses": str(out / LOSSES_FILE), "samples": samples.samples, "last_losses": losses.last, "seconds": seconds,
+        "iterations_per_second": done / seconds if seconds > 0 and done > 0 else 0.0,
         "generator_parameters": count_parameters(model.generator),
         "discriminator_parameters": count_parameters(model.dis_a) + count_parameters(model.dis_b),
     }
