@@ -26,13 +26,19 @@ def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarra
     return x / np.maximum(norms, eps)
 
 
-def as_feature_matrix(x: np.ndarray, name: str) -> np.ndarray:
-    """``x`` as a floating (N, D) array, or a ValueError naming the argument."""
+def as_feature_matrix(x: np.ndarray, name: str, dtype: np.dtype | type | None = None,
+                      finite: bool = False) -> np.ndarray:
+    """``x`` as a floating (N, D) array, or a ValueError naming the argument: the one shape check of the retrieval
+    functions. ``dtype``: a contiguous array of that dtype; ``finite``: NaN or infinity is an error too."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if dtype is not None:
+        x = np.ascontiguousarray(x, dtype=dtype)
+    elif not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
+    if finite and not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
 

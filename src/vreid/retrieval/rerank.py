@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import DTypeLike
 
+from vreid.retrieval.distance import as_feature_matrix
+
 log = logging.getLogger(__name__)
 
 #: ``extra_distance(rows, cols)``: the additive term for the rows x cols block (indices into the q+g order).
@@ -112,8 +114,8 @@ def k_reciprocal_rerank(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    query_features = _as_features(query_features, "query_features", dtype)
-    gallery_features = _as_features(gallery_features, "gallery_features", dtype)
+    query_features = as_feature_matrix(query_features, "query_features", dtype, finite=True)
+    gallery_features = as_feature_matrix(gallery_features, "gallery_features", dtype, finite=True)
     if query_features.shape[1] != gallery_features.shape[1]:
         raise ValueError(
             f"query and gallery dimensions differ: {query_features.shape[1]} vs {gallery_features.shape[1]}"
@@ -196,16 +198,6 @@ def k_reciprocal_rerank(
 # inputs
 
 
-def _as_features(x: np.ndarray, name: str, dtype: np.dtype) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {x.shape}")
-    x = np.ascontiguousarray(x, dtype=dtype)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
-
-
 def _parse_extra(
     extra: ExtraDistance | None, n: int, dtype: np.dtype
 ) -> tuple[list[tuple[np.ndarray, float]], ExtraDistanceFn | None]:
@@ -222,7 +214,7 @@ def _parse_extra(
             x, w = item
         except (TypeError, ValueError):
             raise ValueError(f"extra_distance[{k}] must be a (features, weight) pair") from None
-        x = _as_features(x, f"extra_distance[{k}] features", dtype)
+        x = as_feature_matrix(x, f"extra_distance[{k}] features", dtype, finite=True)
         if x.shape[0] != n:
             raise ValueError(f"extra_distance[{k}] features have {x.shape[0]} rows, expected q+g = {n}")
         terms.append((x, float(w)))

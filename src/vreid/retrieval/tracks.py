@@ -20,7 +20,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from vreid.retrieval.distance import l2_normalize
+from vreid.retrieval.distance import as_feature_matrix, l2_normalize
 from vreid.retrieval.metrics import stable_argsort_rows
 from vreid.retrieval.submission import AIC_TOP_K
 
@@ -77,11 +77,7 @@ def average_track_features(
     averaged rows are L2-normalised again so that distances stay on the usual scale. Images without a track are
     returned unchanged. Returns a new array of the input's float dtype.
     """
-    x = np.asarray(features)
-    if x.ndim != 2:
-        raise ValueError(f"features must have shape (N, D), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
+    x = as_feature_matrix(features, "features")
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 or None (whole track), got {window}")
     codes = _track_codes(track_ids, len(x), singletons=False)
