@@ -57,9 +57,11 @@ def _config(args: argparse.Namespace):
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
     from vreid.data.formats import load_dataset
+    from vreid.data.loader import check_data_config
     from vreid.data.records import summarize
 
     cfg = _config(args)
+    check_data_config(cfg)
     name = args.dataset or cfg.DATASETS.TEST
     root = args.root or cfg.DATASETS.ROOT_DIR
     dataset = load_dataset(
@@ -262,8 +264,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     where = search_filter(args.camera, args.track, args.time_from, args.time_to)
     with open_gallery(args.index) as gallery:
-        if args.features:  # saved query features: no model
-            device = retrieval_device(args.device or "auto")
+        if args.features:  # saved query features: no model; a given config still says where retrieval runs
+            given = args.config_file or args.opts
+            device = retrieval_device(args.device or (_config(args).TEST.RETRIEVAL_DEVICE if given else "auto"))
             queries, results = search_features(gallery, args.features, args.top_k, where, device=device)
         else:
             embedder = _embedder(args, gallery)
@@ -347,12 +350,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_translate_train(args: argparse.Namespace) -> int:
     from vreid.config import save_config
     from vreid.prep.unit import train_unit
-    from vreid.prep.unit.train import unit_options
+    from vreid.prep.unit.train import check_unit_config
 
     cfg = _config(args)
+    options = check_unit_config(cfg)  # before anything is written
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.OUTPUT_DIR)
-    result = train_unit(args.source, args.target, cfg.OUTPUT_DIR, unit_options(cfg), resume=args.resume)
+    result = train_unit(args.source, args.target, cfg.OUTPUT_DIR, options, resume=args.resume)
     log.info("translator: %s (%d iterations, %.2f it/s)", result["translator"], result["iteration"],
              result["iterations_per_second"])
     return 0

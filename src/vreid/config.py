@@ -21,6 +21,7 @@ from yacs.config import CfgNode as CN
 
 from vreid.errors import ConfigError
 from vreid.fileio import atomic_write_text
+from vreid.runfiles import CONFIG_FILE
 
 BASE_KEY = "_BASE_"
 
@@ -144,7 +145,7 @@ _C.TEST.FLIP = False  # average the features of the image and its mirror image
 _C.TEST.BACKEND = "auto"  # inference backend: auto (onnxruntime for an .onnx TEST.WEIGHT) | torch | onnxruntime
 _C.TEST.THREADS = 0  # CPU threads for inference (0 = the library's default)
 _C.TEST.RETRIEVAL_DEVICE = "auto"  # re-ranking and evaluation: auto (CUDA when available, else numpy) | cpu | cuda
-_C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | cosine
+_C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | sqeuclidean | cosine
 _C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
 _C.TEST.QE = CN()
 _C.TEST.QE.ENABLED = False  # alpha query expansion with the top gallery neighbours
@@ -212,7 +213,7 @@ _C.UNIT.RECON_X_CYC_W = 10.0  # weight of the cycle reconstruction loss
 _C.UNIT.RECON_KL_CYC_W = 0.01  # weight of the KL term of the cycle
 _C.UNIT.SAMPLE_PERIOD = 1000  # iterations between sample grids (PNG) in OUTPUT_DIR/samples
 _C.UNIT.CHECKPOINT_PERIOD = 10000  # iterations between checkpoints (atomic; --resume continues exactly)
-_C.UNIT.AMP = "off"  # off | bf16 | fp16 (GPU only)
+_C.UNIT.AMP = "off"  # off | fp32 (same as off) | bf16 | fp16 (GPU only)
 
 
 def get_defaults() -> CN:
@@ -425,4 +426,4 @@ def options_markdown() -> str:
 
 def save_config(cfg: CN, out_dir: str | Path) -> Path:
     """Write the resolved config next to a run's outputs, so the run can be repeated exactly."""
-    return atomic_write_text(Path(out_dir) / "config.yaml", cfg.dump())
+    return atomic_write_text(Path(out_dir) / CONFIG_FILE, cfg.dump())

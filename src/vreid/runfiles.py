@@ -14,7 +14,9 @@ LOG_FILE = "log.txt"  # the run's log, beside the console
 TRAIN_METRICS_FILE = "metrics.jsonl"  # one JSON line per logged training step / validation
 LOSSES_FILE = "losses.jsonl"  # the UNIT trainer's losses, one JSON line per logged step
 TRANSLATOR_FILE = "translator.pth"  # the UNIT generator `vreid prep translate` loads
-CONFIG_FILE = "config.yaml"  # the merged configuration the run used
+CONFIG_FILE = "config.yaml"  # the merged configuration the run used (beside extracted features: the gallery's model)
+TENSORBOARD_DIR = "tensorboard"  # the trainer's TensorBoard events, when tensorboard is installed
+SAMPLES_DIR = "samples"  # the UNIT trainer's sample grids
 
 QUERY_FILE, GALLERY_FILE = "query.npz", "gallery.npz"  # saved features (vreid.features.FeatureSet)
 DISTANCE_FILE = "distance.npy"  # query x gallery distances after post-processing

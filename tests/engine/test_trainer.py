@@ -196,14 +196,14 @@ def test_train_with_test_flag_evaluates_the_final_weights(city, tmp_path):
 
 
 def test_validation_uses_the_test_flip_setting(tmp_path):
-    """trainer.validate embeds as `vreid test` does: with TEST.FLIP, the mean of image and mirror features."""
+    """trainer.validation_metrics embeds as `vreid test` does: with TEST.FLIP, the mean of image and mirror features."""
     from conftest import write_noise_png
     from vreid.config import load_config
     from vreid.data.loader import TrainingData
     from vreid.data.records import ImageRecord
     from vreid.data.transforms import build_test_transform
     from vreid.engine.extract import extract_features
-    from vreid.engine.trainer import validate
+    from vreid.engine.trainer import validation_metrics
     from vreid.retrieval import evaluate, pairwise_distance
 
     rng = np.random.default_rng(0)
@@ -228,7 +228,7 @@ def test_validation_uses_the_test_flip_setting(tmp_path):
     for flip in (False, True):
         cfg = load_config(None, ["INPUT.SIZE_TEST", "(16, 16)", "TEST.FLIP", str(flip), "SOLVER.CHANNELS_LAST",
                                  "False"])
-        got = validate(cfg, model, data, torch.device("cpu"), None)
+        got = validation_metrics(cfg, model, data, torch.device("cpu"), None)
         transform = build_test_transform(cfg)
         q = extract_features(model, query, transform, flip=flip, progress=False)
         g = extract_features(model, gallery, transform, flip=flip, progress=False)

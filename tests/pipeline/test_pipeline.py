@@ -76,6 +76,15 @@ def test_pipeline_file_errors_name_the_file_and_key(tmp_path, city):
         Pipeline(load_pipeline(bad))
     assert not (tmp_path / "run").exists()
     assert main(["pipeline", "run", str(bad)]) == 2
+    # a bad value (checked by its builder, not by reading the config) fails up front too, also with --dry-run
+    bad = write(tmp_path / "bad.yml", text.replace("SEED, 1,", "MODEL.POOLING, sum,"))
+    with pytest.raises(ConfigError, match="stage train_plain .*MODEL.POOLING: 'sum' is not one of"):
+        Pipeline(load_pipeline(bad))
+    assert main(["pipeline", "run", str(bad), "--dry-run"]) == 2
+    bad = write(tmp_path / "bad.yml", text + "translate: {opts: [UNIT.AMP, half]}\n")
+    with pytest.raises(ConfigError, match="stage translate: UNIT.AMP: 'half' must be one of"):
+        Pipeline(load_pipeline(bad))
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_stages_launch_torchrun_with_n_processes():

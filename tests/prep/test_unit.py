@@ -239,13 +239,22 @@ def test_empty_or_missing_folder_errors(folders: tuple[Path, Path], tmp_path: Pa
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(ConfigError, match="image_size"):
-        UnitOptions(image_size=32).validate()  # 3 scales x 4 layers need at least 64 pixels
-    with pytest.raises(ConfigError, match="n_shared"):
-        UnitOptions(n_shared=5).validate()
-    with pytest.raises(ConfigError, match="amp"):
-        UnitOptions(amp="yes").validate()
-    UnitOptions().validate()
+    with pytest.raises(ConfigError, match="UNIT.IMAGE_SIZE: 32 too small"):
+        UnitOptions(image_size=32).check()  # 3 scales x 4 layers need at least 64 pixels
+    with pytest.raises(ConfigError, match="UNIT.N_SHARED: 5 must be <= n_res"):
+        UnitOptions(n_shared=5).check()
+    with pytest.raises(ConfigError, match="UNIT.AMP: 'yes' must be one of"):
+        UnitOptions(amp="yes").check()
+    with pytest.raises(ConfigError, match="DATALOADER.NUM_WORKERS: -1 must be >= 0"):
+        UnitOptions(workers=-1).check()
+    with pytest.raises(ConfigError, match="UNIT option crop_min_scale: 0 must be in"):
+        UnitOptions(crop_min_scale=0).check()
+    UnitOptions().check()
+    from vreid.config import load_config
+    from vreid.prep.unit.train import check_unit_config
+
+    with pytest.raises(ConfigError, match="UNIT.AMP: 'half' must be one of"):  # from the config, by its key
+        check_unit_config(load_config(None, ["UNIT.AMP", "half"]))
     assert UnitOptions.from_dict(UnitOptions().to_dict()) == UnitOptions()
 
 

@@ -171,7 +171,6 @@ def build_background_swap(cfg, data: TrainingData):
     swap = cfg.INPUT.BACKGROUND_SWAP
     if swap.PROB <= 0:
         return None
-
     cache = mask_dir(cfg)
     if not (cache / MASK_INDEX).is_file():
         raise DatasetError("INPUT.BACKGROUND_SWAP.PROB > 0 needs foreground masks: run `vreid prep masks` first",

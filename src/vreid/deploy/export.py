@@ -17,6 +17,7 @@ from vreid.data.formats.common import IMAGE_SUFFIXES
 from vreid.data.images import read_image
 from vreid.data.loader import load_test_dataset
 from vreid.data.transforms import build_test_transform
+from vreid.engine.checks import check_inference_config
 from vreid.engine.inference import load_inference_model
 from vreid.engine.runtime import INPUT_NAME, OUTPUT_NAME, OnnxModel
 from vreid.errors import VreidError, require_package
@@ -66,7 +67,6 @@ def parity_images(cfg, folder: str | Path | None = None, count: int = 16) -> tup
         if not paths:
             raise VreidError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) for the parity check")
     else:
-
         try:
             dataset = load_test_dataset(cfg)
         except VreidError as exc:
@@ -108,6 +108,7 @@ def run_export(cfg, out: str | Path, fmt: str = "onnx", images: str | Path | Non
     """
     if fmt not in FORMATS:
         raise VreidError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    check_inference_config(cfg)
     if str(cfg.TEST.WEIGHT).lower().endswith(".onnx"):
         raise VreidError(f"TEST.WEIGHT {cfg.TEST.WEIGHT} is already an ONNX file: give the PyTorch weights")
     torch.set_num_threads(cfg.TEST.THREADS or torch.get_num_threads())

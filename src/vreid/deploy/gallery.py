@@ -24,10 +24,11 @@ from vreid.deploy.index import SearchFilter
 from vreid.deploy.store import Gallery, Hit, Sighting, create_gallery, open_gallery
 from vreid.errors import VreidError
 from vreid.features import FeatureSet, check_feature_matrix
+from vreid.runfiles import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIG = "config.yaml"  # written by `vreid extract` beside the features
+MODEL_CONFIG = CONFIG_FILE  # written by `vreid extract` beside the features
 
 
 def build_index(features: str | Path, out: str | Path, overwrite: bool = False, **options: Any) -> Gallery:
@@ -53,7 +54,6 @@ def build_index(features: str | Path, out: str | Path, overwrite: bool = False, 
 def index_config(gallery: Gallery, config_file: str | None = None, opts: Sequence[str] = ()):
     """The model config for a gallery: ``config_file`` if given, else the one stored in the gallery."""
     import tempfile
-
 
     if config_file is not None:
         return load_config(config_file, opts)

@@ -118,11 +118,25 @@ class _Codes:
         return np.asarray([self.lookup[v] for v in values if v in self.lookup], dtype=np.int32)
 
 
+#: The search settings of a new gallery when none are given (`vreid index build` and every store).
+DEFAULT_OPTIONS: dict[str, Any] = {"kind": "exact", "engine": "auto", "nlist": 0, "nprobe": 16, "hnsw_m": 32,
+                                   "ef_search": 128}
+
+
+def index_options(**given: Any) -> dict[str, Any]:
+    """:data:`DEFAULT_OPTIONS` with ``given`` over them; unknown names are an error."""
+    unknown = set(given) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise VreidError(f"unknown index option(s) {sorted(unknown)}; known: {', '.join(DEFAULT_OPTIONS)}")
+    return {**DEFAULT_OPTIONS, **given}
+
+
 class GalleryIndex:
     """Gallery embeddings with exact or approximate top-k search and filters; see the module docstring."""
 
-    def __init__(self, dim: int, kind: str = "exact", engine: str = "auto", nlist: int = 0, nprobe: int = 16,
-                 hnsw_m: int = 32, ef_search: int = 128):
+    def __init__(self, dim: int, kind: str = DEFAULT_OPTIONS["kind"], engine: str = DEFAULT_OPTIONS["engine"],
+                 nlist: int = DEFAULT_OPTIONS["nlist"], nprobe: int = DEFAULT_OPTIONS["nprobe"],
+                 hnsw_m: int = DEFAULT_OPTIONS["hnsw_m"], ef_search: int = DEFAULT_OPTIONS["ef_search"]):
         """``engine``: auto (FAISS when installed), numpy, or faiss (an error without FAISS); ``nlist`` 0 lets
         the IVF list count follow the gallery size at every (re)build."""
         check_options(dim, kind, engine, nlist, nprobe, hnsw_m, ef_search)
@@ -334,8 +348,7 @@ class GalleryIndex:
                  self.hidden][:k] for srow, irow in zip(scores, found, strict=True)]
 
 
-def check_options(dim: int, kind: str, engine: str, nlist: int = 0, nprobe: int = 16, hnsw_m: int = 32,
-                  ef_search: int = 128) -> None:
+def check_options(dim: int, kind: str, engine: str, nlist: int, nprobe: int, hnsw_m: int, ef_search: int) -> None:
     """Index settings are checked before anything is stored with them."""
     if kind not in KINDS:
         raise VreidError(f"index kind {kind!r}: choose from {', '.join(KINDS)}")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vreid.deploy.backend import BATCH, Batch, Gallery, Hit, Location, Sighting
-from vreid.deploy.index import SearchFilter, check_options, search_queries, unit_rows
+from vreid.deploy.index import SearchFilter, check_options, index_options, search_queries, unit_rows
 from vreid.errors import VreidError, require_package
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ class MilvusGallery(Gallery):
 
     @classmethod
     def create(cls, where: Location, uri: str, dim: int, overwrite: bool = False, **options: Any) -> MilvusGallery:
-        options = {"kind": "exact", "engine": "auto", "nlist": 0, "nprobe": 16, "hnsw_m": 32, "ef_search": 128,
-                   **options}
+        options = index_options(**options)
         check_options(dim, **options)
         pymilvus = require_package("pymilvus", "milvus")
         client = cls._client(where, uri)

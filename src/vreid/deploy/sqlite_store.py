@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vreid.deploy.backend import BATCH, Batch, Gallery, Hit, Sighting
-from vreid.deploy.index import GalleryIndex, SearchFilter, check_options, unit_rows
+from vreid.deploy.index import GalleryIndex, SearchFilter, check_options, index_options, unit_rows
 from vreid.errors import VreidError
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,7 @@ class SqliteGallery(Gallery):
                **options: Any) -> SqliteGallery:
         path = Path(path)
         uri = uri or str(path)
-        options = {"kind": "exact", "engine": "auto", "nlist": 0, "nprobe": 16, "hnsw_m": 32, "ef_search": 128,
-                   **options}
+        options = index_options(**options)
         check_options(dim, **options)
         if path.exists():
             if not overwrite:

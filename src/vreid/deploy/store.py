@@ -34,6 +34,7 @@ from vreid.deploy.backend import (  # the interface, re-exported: users import i
     parse_uri,
 )
 from vreid.errors import VreidError
+from vreid.runfiles import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def migrate(folder: str | Path, uri: str | Path) -> Gallery:
             log.warning("%s: the new gallery hands out its own ids (the old ids are not kept)", uri)
             for start in range(0, len(ids), BATCH):
                 gallery.add(features[start:start + BATCH], sightings[start:start + BATCH])
-        config = Path(folder) / "config.yaml"
+        config = Path(folder) / CONFIG_FILE
         if config.is_file():
             gallery.set_model_config(config.read_text())
     except BaseException:

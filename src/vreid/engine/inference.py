@@ -15,21 +15,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vreid.config import check_choice
 from vreid.data.records import ImageRecord
 from vreid.data.transforms import build_test_transform
 from vreid.engine.checkpoint import model_weights
 from vreid.engine.checks import check_inference_config
 from vreid.engine.distributed import default_device
-from vreid.engine.extract import FeatureSet, embed_batch, extract_features
+from vreid.engine.extract import embed_batch, extract_features
 from vreid.engine.precision import amp_dtype
 from vreid.errors import ConfigError, VreidError
+from vreid.features import FeatureSet
 from vreid.models import build_model
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_PREFIX = "classifier."
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def resolve_backend(cfg) -> str:
@@ -98,7 +97,6 @@ class Embedder:
 
     def __init__(self, cfg):
         check_inference_config(cfg)
-        check_choice(cfg, "TEST.BACKEND", BACKENDS)
         self.cfg = cfg
         self.setup = inference_setup(cfg)
         self.transform = build_test_transform(cfg)

@@ -24,13 +24,12 @@ from vreid.features import FeatureSet, load_pair
 from vreid.fileio import atomic_write_text
 from vreid.retrieval import evaluate, evaluate_aic, k_reciprocal_rerank, pairwise_distance
 from vreid.retrieval.device import RETRIEVAL_DEVICES, retrieval_device
-from vreid.retrieval.distance import smallest_k
+from vreid.retrieval.distance import METRICS, smallest_k
 from vreid.retrieval.query_expansion import average_query_expansion, database_augmentation
 from vreid.retrieval.submission import AIC_TOP_K
 from vreid.retrieval.tracks import average_track_features, track_rerank
 
 log = logging.getLogger(__name__)
-
 
 
 def _fusion_terms(cfg, query: FeatureSet, gallery: FeatureSet) -> list[tuple[np.ndarray, float]]:
@@ -48,12 +47,9 @@ def _fusion_terms(cfg, query: FeatureSet, gallery: FeatureSet) -> list[tuple[np.
     return terms
 
 
-METRICS = ("euclidean", "cosine")
-
-
 def check_test_config(cfg) -> None:
     """The post-processing keys of TEST with a fixed set of choices, each error naming its key."""
-    check_choice(cfg, "TEST.METRIC", METRICS)
+    check_choice(cfg, "TEST.METRIC", METRICS)  # retrieval.distance's: euclidean, sqeuclidean, cosine
     check_choice(cfg, "TEST.RETRIEVAL_DEVICE", RETRIEVAL_DEVICES)
 
 
@@ -104,9 +100,10 @@ def ranking_distance(ranked: np.ndarray, num_gallery: int) -> np.ndarray:
 
 
 def protocol_cameras(query: FeatureSet, gallery: FeatureSet) -> tuple[Any, Any]:
-    """The camera arrays for the same-camera junk rule, or (None, None) where cameras are unknown (VehicleID)."""
-    cams = (query.camera_ids, gallery.camera_ids)
-    return cams if all(c for c in np.concatenate(cams)) else (None, None)
+    """The camera arrays for the same-camera junk rule. An unknown camera ("") never makes an image junk, image by
+    image (:data:`vreid.retrieval.metrics.UNKNOWN_CAMERAS`), as in the rank-list pictures; all unknown (VehicleID)
+    is no camera rule at all."""
+    return query.camera_ids, gallery.camera_ids
 
 
 def metrics_from_distance(cfg, dist: np.ndarray, query: FeatureSet, gallery: FeatureSet) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class EMAHook(HookBase):
         self.trainer.ema.update(self.trainer.model)
 
 
-def validate(cfg, model: nn.Module, data: TrainingData, device: torch.device, amp_dtype) -> dict[str, float]:
+def validation_metrics(cfg, model: nn.Module, data: TrainingData, device: torch.device, amp_dtype) -> dict[str, float]:
     """mAP and CMC on the validation ids (never the test split), with the embeddings ``vreid test`` uses (TEST.FLIP).
 
     The official code validates without flipping while testing with it; here the best checkpoint is
@@ -127,7 +127,7 @@ class ValidationHook(HookBase):
         if not t.data.val_query or not (epoch == t.max_epochs or self.period > 0 and epoch % self.period == 0):
             return
         if t.is_main:
-            result = validate(t.cfg, t.eval_model, t.data, t.device, t.amp_dtype)
+            result = validation_metrics(t.cfg, t.eval_model, t.data, t.device, t.amp_dtype)
             t.metrics.write({"epoch": epoch, "split": "validation", **result}, t.step, scalars_skip=("epoch", "iter"))
             log.info("validation after epoch %d: mAP %.4f rank-1 %.4f mINP %.4f", epoch, result["mAP"],
                      result["rank1"], result["mINP"])

@@ -90,6 +90,8 @@ def write_submission(cfg, distance_file: str | Path, features_dir: str | Path, o
     if dist.ndim != 2 or dist.shape[1] != len(gallery):
         raise VreidError(f"{distance_file}: shape {dist.shape}, but {features_dir} has {len(gallery)} gallery "
                          "images (expected queries x gallery)")
+    if not np.isfinite(dist).all():
+        raise VreidError(f"{distance_file}: the distances contain NaN or infinity")
     ranked = ranking(cfg, dist, gallery, top_k)
     path = write_track2(ranked, [Path(p).name for p in gallery.paths], out, top_k)
     log.info("submission: %s (%d queries)", path, len(ranked))

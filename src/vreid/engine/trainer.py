@@ -39,17 +39,24 @@ from vreid.engine.reid_hooks import (
     ProgressHook,
     UnreadableReportHook,
     ValidationHook,
-    validate,
+    validation_metrics,
 )
 from vreid.errors import VreidError
 from vreid.losses import build_criterion
 from vreid.models import build_model
 from vreid.models.build import pretrain_path
-from vreid.runfiles import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_FILE, TRAIN_METRICS_FILE
+from vreid.runfiles import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    TENSORBOARD_DIR,
+    TRAIN_METRICS_FILE,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReidTrainer", "TrainingDiverged", "build_hooks", "record_step", "train", "validate"]
+__all__ = ["ReidTrainer", "TrainingDiverged", "build_hooks", "record_step", "train", "validation_metrics"]
 
 
 class TrainingDiverged(VreidError):
@@ -124,7 +131,7 @@ class ReidTrainer(TrainerBase):
         if iters == 0:
             raise VreidError(f"no training batch: {len(data.records)} images cannot fill one batch of "
                              f"{cfg.SOLVER.IMS_PER_BATCH} with sampler {cfg.DATALOADER.SAMPLER!r}")
-        self.metrics = MetricsLog(self.out / TRAIN_METRICS_FILE, info.is_main, self.out / "tensorboard")
+        self.metrics = MetricsLog(self.out / TRAIN_METRICS_FILE, info.is_main, self.out / TENSORBOARD_DIR)
         if self.resume:
             self.metrics.truncate(lambda record: record_step(record, iters) <= self.start_step, self.start_step)
         if resumed_rng is not None:

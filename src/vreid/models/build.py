@@ -22,6 +22,7 @@ from vreid.models.layers import MIX_DOMAIN, MIX_RANDOM, POOLINGS, MixStyle, make
 
 log = logging.getLogger(__name__)
 
+_WARNED: set[str] = set()
 NECK_FEATS = ("before", "after")
 HEADS = ("none", "multihead")
 
@@ -45,8 +46,11 @@ def check_model_config(cfg) -> None:
     if m.CLASSIFIER.NAME == "linear":
         unused += [f"MODEL.CLASSIFIER.{k}" for k in ("SCALE", "MARGIN") if m.CLASSIFIER[k] != defaults.CLASSIFIER[k]]
     for key in unused:
-        log.warning("%s is set but has no effect with MODEL.POOLING %s and MODEL.CLASSIFIER.NAME %s", key,
-                    m.POOLING, m.CLASSIFIER.NAME)
+        message = (f"{key} is set but has no effect with MODEL.POOLING {m.POOLING} and MODEL.CLASSIFIER.NAME "
+                   f"{m.CLASSIFIER.NAME}")
+        if message not in _WARNED:  # the builders and the up-front checks both run this: say it once
+            _WARNED.add(message)
+            log.warning("%s", message)
 
 
 class ReIDNet(nn.Module):

@@ -32,13 +32,26 @@ from typing import Any
 import numpy as np
 
 from vreid.config import load_config
+from vreid.engine.checks import check_inference_config, check_training_config
 from vreid.engine.postprocess import final_distance, metrics_from_distance, ranking
 from vreid.errors import ConfigError, VreidError
 from vreid.features import FeatureSet, load_pair
 from vreid.fileio import atomic_save_npy, atomic_write_text
 from vreid.pipeline.spec import ModelSpec, PipelineSpec
+from vreid.prep.unit.train import check_unit_config
+from vreid.runfiles import (
+    CHECKPOINT_DIR,
+    DISTANCE_FILE,
+    FINAL_WEIGHTS,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    METRICS_FILE,
+    TRANSLATOR_FILE,
+)
 
 log = logging.getLogger(__name__)
+
+FINAL_WEIGHTS_FILE = f"{FINAL_WEIGHTS}.pth"
 
 DONE = "DONE.json"
 EXIT_BAD_INPUT = 2  # the exit status of `vreid train` for bad input (vreid.cli)
@@ -139,6 +152,11 @@ class Pipeline:
                     raise ConfigError(f"{spec.path}: members.{member.name}: {key} is {_get(other, key)!r} but "
                                       f"{_get(first, key)!r} for members.{spec.members[0].name}; an ensemble needs "
                                       "the same query and gallery")
+        if spec.translate:
+            try:
+                check_unit_config(self._unit_cfg())
+            except VreidError as exc:
+                raise ConfigError(f"{spec.path}: stage translate: {exc}") from None
         self.stages = self._stages()
 
     # ---------------------------------------------------------------------------------------------- configs
@@ -167,12 +185,16 @@ class Pipeline:
             for key in TEST_SET_KEYS:
                 value = _get(ref, key)
                 opts += [key, value if isinstance(value, str) else repr(value)]
-        return [*opts, "TEST.WEIGHT", self._abs(f"train_{model.name}", "model_final.pth"),
+        return [*opts, "TEST.WEIGHT", self._abs(f"train_{model.name}", FINAL_WEIGHTS_FILE),
                 "OUTPUT_DIR", self._abs(f"extract_{model.name}")]
 
     def _load(self, model: ModelSpec, opts: list[str], stage: str):
+        """The config of a train/extract stage, every section its builders read checked now: a bad value stops
+        the pipeline before the long stages (UNIT, masks) run, naming the stage and the key."""
         try:
-            return load_config(model.config, opts)
+            cfg = load_config(model.config, opts)
+            (check_training_config if stage.startswith("train_") else check_inference_config)(cfg)
+            return cfg
         except VreidError as exc:
             raise ConfigError(f"{self.spec.path}: stage {stage} ({model.config.name}): {exc}") from None
 
@@ -269,8 +291,6 @@ class Pipeline:
         from vreid.data.formats import aic21
         from vreid.data.formats.common import find_root
         from vreid.prep.unit import train_unit, translate_folder
-        from vreid.prep.unit.train import unit_options
-
         t = self.spec.translate
         assert t is not None
         root = self.train_cfgs[self.spec.members[0].name].DATASETS.ROOT_DIR
@@ -282,10 +302,10 @@ class Pipeline:
         unit_dir, trained = folder / "unit", folder / "unit" / "TRAINED"
         cfg = self._unit_cfg()
         if not trained.is_file():
-            resume = (unit_dir / "checkpoints" / "last.pth").is_file()
-            result = train_unit(source, target, unit_dir, unit_options(cfg), resume=resume)
+            resume = (unit_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+            result = train_unit(source, target, unit_dir, check_unit_config(cfg), resume=resume)
             atomic_write_text(trained, json.dumps({"iteration": result["iteration"]}) + "\n")
-        count = translate_folder(unit_dir / "translator.pth", source, folder / "images",
+        count = translate_folder(unit_dir / TRANSLATOR_FILE, source, folder / "images",
                                  batch_size=t.batch_size, skip_existing=True)
         return {"source": str(source), "target": str(target), "translated": count}
 
@@ -307,12 +327,12 @@ class Pipeline:
         return {"images": len(paths), "with_mask": len(masks)}
 
     def _train(self, model: ModelSpec, folder: Path) -> dict[str, Any]:
-        resume = (folder / "checkpoints" / "last.pth").is_file()
+        resume = (folder / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
         cmd = train_command(model.config, self.train_opts[model.name], resume, self.spec.nproc_per_node, self.python)
-        _run_logged(cmd, f"train_{model.name}", folder / "log.txt")
-        if not (folder / "model_final.pth").is_file():
+        _run_logged(cmd, f"train_{model.name}", folder / LOG_FILE)
+        if not (folder / FINAL_WEIGHTS_FILE).is_file():
             raise StageCrashed(f"stage train_{model.name}: training ended without {folder / 'model_final.pth'}")
-        return {"weights": str(folder / "model_final.pth")}
+        return {"weights": str(folder / FINAL_WEIGHTS_FILE)}
 
     def _extract(self, model: ModelSpec, folder: Path) -> dict[str, Any]:
         from vreid.engine.tester import run_extract
@@ -355,17 +375,17 @@ class Pipeline:
             track_cfg = _with(final_cfg, TEST__TRACK_RERANK=True)
             rows.append(_row(member.name, STEP_TRACK, metrics_from_distance(track_cfg, dist, query, gallery),
                              track=True))
-        atomic_save_npy(folder / "distance.npy", dist)
-        atomic_write_text(folder / "metrics.json", json.dumps(rows, indent=1) + "\n")
+        atomic_save_npy(folder / DISTANCE_FILE, dist)
+        atomic_write_text(folder / METRICS_FILE, json.dumps(rows, indent=1) + "\n")
         return {"labelled": labelled, "rows": rows}
 
     def _ensemble(self, folder: Path) -> dict[str, Any]:
         from vreid.retrieval.ensemble import ensemble_distances
 
-        mats = [np.load(self.folder(f"post_{m.name}") / "distance.npy", allow_pickle=False)
+        mats = [np.load(self.folder(f"post_{m.name}") / DISTANCE_FILE, allow_pickle=False)
                 for m in self.spec.members]
         dist = ensemble_distances(mats, weights=self.spec.ensemble_weights, normalize=self.spec.normalize)
-        atomic_save_npy(folder / "distance.npy", dist.astype(np.float32))
+        atomic_save_npy(folder / DISTANCE_FILE, dist.astype(np.float32))
         return {"members": [m.name for m in self.spec.members], "normalize": self.spec.normalize}
 
     def _final(self, folder: Path) -> dict[str, Any]:
@@ -374,7 +394,7 @@ class Pipeline:
         member = self.spec.members[0]
         cfg = self.extract_cfgs[member.name]
         query, gallery = load_pair(self.folder(f"extract_{member.name}"))
-        dist = np.load(self.folder("ensemble") / "distance.npy", allow_pickle=False)
+        dist = np.load(self.folder("ensemble") / DISTANCE_FILE, allow_pickle=False)
         top_k = min(self.spec.top_k, len(gallery))
         names = [Path(p).name for p in gallery.paths]
         ranked = ranking(cfg, dist, gallery, top_k)
@@ -387,11 +407,11 @@ class Pipeline:
         summary: dict[str, Any] = {"track2": str(track2), "queries": len(query), "top_k": top_k}
         if _labelled(query, gallery):
             rows = [row for m in self.spec.members
-                    for row in json.loads((self.folder(f"post_{m.name}") / "metrics.json").read_text())]
+                    for row in json.loads((self.folder(f"post_{m.name}") / METRICS_FILE).read_text())]
             track_cfg = _with(cfg, TEST__TRACK_RERANK=True)
             label = "ensemble" if len(self.spec.members) > 1 else member.name
             rows.append(_row(label, STEP_ENSEMBLE, metrics_from_distance(track_cfg, dist, query, gallery), track=True))
-            atomic_write_text(folder / "metrics.json", json.dumps(rows, indent=1) + "\n")
+            atomic_write_text(folder / METRICS_FILE, json.dumps(rows, indent=1) + "\n")
             table = metrics_table(rows)
             atomic_write_text(folder / "metrics.md", table)
             log.info("metrics after each post-processing step (%s):\n%s", folder / "metrics.md", table)

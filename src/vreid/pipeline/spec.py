@@ -187,7 +187,7 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         weights = tuple(float(w) for w in weights)
     submission = _mapping(f"{path}: submission", tree.get("submission"))
     _check_keys(f"{path}: submission", submission, ("top_k",))
-    top_k = submission.get("top_k", 100)
+    top_k = submission.get("top_k", AIC_TOP_K)
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"{path}: submission.top_k must be an integer >= 1, got {top_k!r}")
 

@@ -100,6 +100,8 @@ def smallest_k(values: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"values must have shape (rows, columns), got {values.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if np.isnan(values).any():
+        raise ValueError("values contain NaN: no order to take the smallest from")
     k = min(k, values.shape[1])
     if k == values.shape[1]:
         return np.argsort(values, axis=1, kind="stable")

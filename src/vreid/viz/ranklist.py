@@ -21,6 +21,7 @@ from vreid.data.images import read_image
 from vreid.errors import DatasetError
 from vreid.features import FeatureSet
 from vreid.fileio import atomic_write_bytes
+from vreid.retrieval.distance import smallest_k
 from vreid.retrieval.metrics import junk_mask
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def rank_row(query: FeatureSet, gallery: FeatureSet, dist: np.ndarray, qi: int, 
     One function for ``vreid test``'s ranklist.png and ``vreid report``'s page, so both draw the same ranking and
     the same junk rule (:func:`vreid.retrieval.metrics.junk_mask`).
     """
-    order = np.argsort(dist[qi], kind="stable")[:top_k]
+    order = smallest_k(dist[qi : qi + 1], top_k)[0]
     same_id = gallery.vehicle_ids[order] == query.vehicle_ids[qi]
     junk = junk_mask(query.vehicle_ids[qi], query.camera_ids[qi], gallery.vehicle_ids[order], gallery.camera_ids[order])
     matches = [None if j else bool(m) for m, j in zip(same_id, junk, strict=True)]

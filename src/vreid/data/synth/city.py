@@ -168,7 +168,7 @@ def generate_city(out: Path, options: SynthOptions, *, overwrite: bool = False) 
     Refuses (ValueError) to write over an existing dataset in ``out`` unless ``overwrite`` is true, in which
     case the two dataset folders (and nothing else in ``out``) are replaced.
     """
-    options.validate()
+    options.check()
     out = Path(out)
     real_root, sim_root = out / REAL_DIR, out / SIM_DIR
     for folder in (real_root, sim_root):

@@ -22,7 +22,7 @@ class SynthOptions:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.check()
 
     @property
     def sim_ids(self) -> int:
@@ -37,7 +37,7 @@ class SynthOptions:
     def num_test_ids(self) -> int:
         return self.num_ids - self.num_train_ids
 
-    def validate(self) -> None:
+    def check(self) -> None:
         """Raise ValueError naming the first bad option and what was expected."""
         for f in fields(self):
             value = getattr(self, f.name)

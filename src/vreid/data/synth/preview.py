@@ -44,7 +44,7 @@ def _sighting_cells(options: SynthOptions, tracks: list[Tracklet]) -> list[tuple
 
 def write_contact_sheet(out_png: Path, options: SynthOptions, num_ids: int = 8) -> Path:
     """Render a labelled grid PNG of ``num_ids`` real-like and ``num_ids`` sim-like identities; return its path."""
-    options.validate()
+    options.check()
     if num_ids < 1:
         raise ValueError(f"num_ids must be >= 1, got {num_ids}")
     font = ImageFont.load_default()

@@ -74,7 +74,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VreidError(f"{path}: not a loadable PyTorch weights file ({reason})") from exc
+        raise VreidError(f"{path}: not a loadable PyTorch weights file ({reason})") from None
     if not isinstance(obj, Mapping):
         raise VreidError(f"{path}: expected a state_dict (a mapping of names to tensors), found {type(obj).__name__}")
     for key in _NESTED_KEYS:

@@ -51,7 +51,7 @@ from vreid.prep.unit.losses import (
     generator_loss,
 )
 from vreid.prep.unit.networks import UnitGenerator, UnitModel, count_parameters
-from vreid.runfiles import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_FILE, LOSSES_FILE, TRANSLATOR_FILE
+from vreid.runfiles import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_FILE, LOSSES_FILE, SAMPLES_DIR, TRANSLATOR_FILE
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ ARCH_KEYS = ("image_size", "width", "n_downsample", "n_res", "n_shared", "dis_wi
 
 
 _UNIT = get_defaults().UNIT  # the defaults of every option config.py maps (UNIT.*) are written there, once
+_CONFIG_KEYS = {"workers": "DATALOADER.NUM_WORKERS", "seed": "SEED"}  # options not under UNIT.*
 
 
 @dataclass
@@ -100,11 +101,13 @@ class UnitOptions:
     workers: int = 4  # image-decoding worker processes
     device: str = ""  # "" = cuda when available, else cpu
 
-    def validate(self) -> None:
-        """Raise ConfigError naming the first bad option."""
+    def check(self) -> None:
+        """Raise ConfigError naming the first bad option (by its config key where the config sets it)."""
         def need(ok: bool, name: str, msg: str) -> None:
             if not ok:
-                raise ConfigError(f"UNIT option {name}={getattr(self, name)!r}: {msg}")
+                key = _CONFIG_KEYS.get(name, f"UNIT.{name.upper()}" if name.upper() in _UNIT else "")
+                what = f"{key}" if key else f"UNIT option {name}"
+                raise ConfigError(f"{what}: {getattr(self, name)!r} {msg}")
 
         for name in ("width", "n_res", "dis_width", "dis_layers", "dis_scales", "batch_size", "iterations",
                      "sample_count", "lr_step", "log_period"):
@@ -476,7 +479,7 @@ def train_unit(source_dir: str | Path, target_dir: str | Path, out_dir: str | Pa
     "iterations_per_second", "generator_parameters", "discriminator_parameters"}``.
     """
     options = options or UnitOptions()
-    options.validate()
+    options.check()
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume and not ckpt_path.is_file():
@@ -486,7 +489,7 @@ def train_unit(source_dir: str | Path, target_dir: str | Path, out_dir: str | Pa
     images_a, images_b = find_images(source_dir), find_images(target_dir)
     out.mkdir(parents=True, exist_ok=True)
     losses = UnitLossHook(options.log_period)
-    samples = SamplesHook(out / "samples", options.sample_period)
+    samples = SamplesHook(out / SAMPLES_DIR, options.sample_period)
     hooks: list[HookBase] = [LogFileHook(out / LOG_FILE), losses, samples,
                              CheckpointHook(ckpt_path, options.checkpoint_period)]
     if options.time_limit:
@@ -502,6 +505,14 @@ def train_unit(source_dir: str | Path, target_dir: str | Path, out_dir: str | Pa
         "generator_parameters": count_parameters(model.generator),
         "discriminator_parameters": count_parameters(model.dis_a) + count_parameters(model.dis_b),
     }
+
+
+def check_unit_config(cfg) -> UnitOptions:
+    """The UNIT section (and the SEED / DATALOADER.NUM_WORKERS it uses) as checked options, each error naming its
+    key; before anything is written (``vreid prep translate train``, the pipeline's translate stage)."""
+    options = unit_options(cfg)
+    options.check()
+    return options
 
 
 def unit_options(cfg):
