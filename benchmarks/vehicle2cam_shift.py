@@ -72,6 +72,7 @@ RECIPES: dict[str, tuple[str, list[str], bool]] = {
     "jitter_blur": (BASE_CONFIG, [*MOBILENET, "INPUT.COLOR_JITTER.PROB", "0.25", "INPUT.BLUR_PROB", "0.25"], True),
     "gem_s1": (BASE_CONFIG, [*MOBILENET, "MODEL.POOLING", "gem", "MODEL.LAST_STRIDE", "1"], True),
     "mixstyle": (BASE_CONFIG, [*MOBILENET, "MODEL.MIXSTYLE.ENABLED", "True"], True),
+    "ibn2": (BASE_CONFIG, [*MOBILENET, "MODEL.IBN_STAGES", "2"], True),  # IBN-a norms in stages 1-2 (stride 4, 8)
     "size160": (BASE_CONFIG, [*MOBILENET, "INPUT.SIZE_TRAIN", "(160,160)", "INPUT.SIZE_TEST", "(160,160)"], True),
     "size160_lowres": (BASE_CONFIG, [*MOBILENET, *LOW_RES, "INPUT.SIZE_TRAIN", "(160,160)",
                                      "INPUT.SIZE_TEST", "(160,160)"], True),
