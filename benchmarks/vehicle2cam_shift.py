@@ -181,7 +181,9 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
         for proxy in todo:
             test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, "lowval", scale)
             out = run_dir / f"test-{proxy}{'-' + re.sub(r'[^A-Za-z0-9.=_-]', '_', recipe) if test_overrides else ''}"
-            _vreid(["test", "--config-file", config, *overrides, *test_overrides, "DATASETS.ROOT_DIR", str(test_root),
+            # levers are compared without the flip test whatever the config says; "+test:TEST.FLIP=True" adds it
+            _vreid(["test", "--config-file", config, *overrides, "TEST.FLIP", "False", *test_overrides,
+                    "DATASETS.ROOT_DIR", str(test_root),
                     "DATASETS.TEST_SPLIT", "val", "TEST.WEIGHT", weight, "OUTPUT_DIR", str(out)], run_dir / "log.txt")
             metrics = json.loads((out / "metrics.json").read_text())
             row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": metrics["mAP"],
