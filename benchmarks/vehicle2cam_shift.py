@@ -72,6 +72,7 @@ RECIPES: dict[str, tuple[str, list[str], bool]] = {
     "jitter_blur": (BASE_CONFIG, [*MOBILENET, "INPUT.COLOR_JITTER.PROB", "0.25", "INPUT.BLUR_PROB", "0.25"], True),
     "gem_s1": (BASE_CONFIG, [*MOBILENET, "MODEL.POOLING", "gem", "MODEL.LAST_STRIDE", "1"], True),
     "mixstyle": (BASE_CONFIG, [*MOBILENET, "MODEL.MIXSTYLE.ENABLED", "True"], True),
+    "ibn2": (BASE_CONFIG, [*MOBILENET, "MODEL.IBN_STAGES", "2"], True),  # IBN-a norms in stages 1-2 (stride 4, 8)
     "size160": (BASE_CONFIG, [*MOBILENET, "INPUT.SIZE_TRAIN", "(160,160)", "INPUT.SIZE_TEST", "(160,160)"], True),
     "size160_lowres": (BASE_CONFIG, [*MOBILENET, *LOW_RES, "INPUT.SIZE_TRAIN", "(160,160)",
                                      "INPUT.SIZE_TEST", "(160,160)"], True),
@@ -180,7 +181,9 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
         for proxy in todo:
             test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, "lowval", scale)
             out = run_dir / f"test-{proxy}{'-' + re.sub(r'[^A-Za-z0-9.=_-]', '_', recipe) if test_overrides else ''}"
-            _vreid(["test", "--config-file", config, *overrides, *test_overrides, "DATASETS.ROOT_DIR", str(test_root),
+            # levers are compared without the flip test whatever the config says; "+test:TEST.FLIP=True" adds it
+            _vreid(["test", "--config-file", config, *overrides, "TEST.FLIP", "False", *test_overrides,
+                    "DATASETS.ROOT_DIR", str(test_root),
                     "DATASETS.TEST_SPLIT", "val", "TEST.WEIGHT", weight, "OUTPUT_DIR", str(out)], run_dir / "log.txt")
             metrics = json.loads((out / "metrics.json").read_text())
             row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": metrics["mAP"],

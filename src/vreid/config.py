@@ -100,6 +100,7 @@ _C.MODEL.MIXSTYLE.P = 0.5  # probability of mixing, per batch and position
 _C.MODEL.MIXSTYLE.ALPHA = 0.1  # Beta(alpha, alpha) for the mixing weight
 _C.MODEL.MIXSTYLE.AFTER = (1, 2)  # insert after these backbone stages (1-based)
 _C.MODEL.MIXSTYLE.MIX = "random"  # partner: random (shuffle) or domain (a sample of the other domain)
+_C.MODEL.IBN_STAGES = 0  # IBN-a on a torchvision block trunk (MobileNet...): half-InstanceNorm in its first N stages
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = "none"  # none | multihead (GroupFace-style multi-head with attention)
 _C.MODEL.HEAD.GROUPS = 32  # number of group heads G

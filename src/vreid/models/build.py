@@ -166,6 +166,14 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> ReIDNet:
     m = cfg.MODEL
     path = m.PRETRAIN_PATH if pretrained and m.PRETRAIN else ""
     backbone = create_backbone(m.BACKBONE, last_stride=m.LAST_STRIDE, pretrained_path=path or None)
+    if m.IBN_STAGES:
+        if not hasattr(backbone, "use_instance_norm"):
+            raise ConfigError(f"MODEL.IBN_STAGES {m.IBN_STAGES}: backbone {m.BACKBONE} has no IBN option "
+                              "(torchvision trunks made of blocks have it; the *_ibn_a backbones are IBN already)")
+        try:
+            backbone.use_instance_norm(m.IBN_STAGES)
+        except ValueError as exc:
+            raise ConfigError(f"MODEL.IBN_STAGES: {exc}") from exc
     dim = backbone.out_channels
     pool = make_pooling(m.POOLING, p=m.GEM.P, learnable=m.GEM.LEARNABLE)
     head = None

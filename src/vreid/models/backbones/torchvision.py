@@ -22,6 +22,8 @@ import torchvision
 from torch import nn
 from torchvision import models as tvm
 
+from vreid.models.backbones.resnet_ibn import IBN
+
 __all__ = ["TimmBackbone", "TorchvisionBackbone", "create_timm_backbone", "create_torchvision_backbone",
            "torchvision_model_names"]
 
@@ -172,6 +174,11 @@ class TorchvisionBackbone(nn.Module):
             raise ValueError(f"{model_name}: trunk output has shape {tuple(output.shape)}, not a feature map")
         self.out_channels: int = int(output.shape[1])
         self.stage_names: tuple[str, ...] = _stage_names(units, shapes)
+        # per named stage, its blocks (units walked inside an expanded child): where IBN-style norms can go
+        blocks = {name for child in layout.expand for name, _ in units if name.startswith(f"{child}.")}
+        named = [g for g in _stages(units, shapes) if units[g[-1]][0] in self.stage_names]
+        self.stage_blocks: tuple[tuple[str, ...], ...] = tuple(
+            tuple(units[i][0] for i in group if units[i][0] in blocks) for group in named)
         if last_stride == 1:
             last = _stages(units, shapes)[-1]
             _set_last_stride_one(model_name, [units[i][1] for i in last])
@@ -181,9 +188,53 @@ class TorchvisionBackbone(nn.Module):
             x = module(x)
         return torch.relu(x) if self.final_relu else x
 
+    def use_instance_norm(self, stages: int, ratio: float = 0.5) -> list[str]:
+        """IBN-a on a trunk made of blocks: the first BatchNorm of every block of the first ``stages`` stages
+        normalises its first ``int(C*ratio)`` channels per image (InstanceNorm) and the rest per batch.
+
+        IBN-Net's rule: instance statistics in the shallow layers remove per-image style (contrast, colour
+        cast, sharpness) that differs between cameras; the last stage stays BatchNorm to keep what tells
+        identities apart. Each replaced norm starts from the trained one (affine parameters split, running
+        statistics of the BatchNorm half kept), so ImageNet weights stay usable. Returns the replaced modules.
+        """
+        if not 1 <= stages < len(self.stage_names):
+            raise ValueError(f"{self.model_name}: instance norm stages must be in 1..{len(self.stage_names) - 1} "
+                             f"(the last stage keeps BatchNorm), got {stages}")
+        replaced = []
+        for block in (name for group in self.stage_blocks[:stages] for name in group):
+            name, norm = next(((n, m) for n, m in self.get_submodule(block).named_modules()
+                               if isinstance(m, nn.BatchNorm2d)), ("", None))
+            if norm is None:
+                continue
+            parent_name, _, attr = f"{block}.{name}".rpartition(".")
+            setattr(self.get_submodule(parent_name), attr, _ibn_from(norm, ratio))
+            replaced.append(f"{block}.{name}")
+        if not replaced:
+            raise ValueError(f"{self.model_name}: its first {stages} stage(s) have no blocks with a BatchNorm "
+                             "to turn into instance norm (supported: trunks made of blocks, e.g. MobileNet, "
+                             "EfficientNet; for ResNets use the resnet50_ibn_a family)")
+        return replaced
+
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rename legacy DenseNet keys (``norm.1`` -> ``norm1``) as torchvision's own loader does."""
         return {_OLD_DENSENET_KEY.sub(r"\1\2", name): tensor for name, tensor in state.items()}
+
+
+def _ibn_from(norm: nn.BatchNorm2d, ratio: float) -> IBN:
+    """An :class:`IBN` that starts as ``norm``: its affine parameters split between the two halves."""
+    ibn = IBN(norm.num_features, ratio)
+    half = ibn.half
+    ibn.IN.eps = ibn.BN.eps = norm.eps
+    ibn.BN.momentum = norm.momentum
+    with torch.no_grad():
+        ibn.IN.weight.copy_(norm.weight[:half])
+        ibn.IN.bias.copy_(norm.bias[:half])
+        ibn.BN.weight.copy_(norm.weight[half:])
+        ibn.BN.bias.copy_(norm.bias[half:])
+        ibn.BN.running_mean.copy_(norm.running_mean[half:])
+        ibn.BN.running_var.copy_(norm.running_var[half:])
+        ibn.BN.num_batches_tracked.copy_(norm.num_batches_tracked)
+    return ibn.to(norm.weight.device, norm.weight.dtype)
 
 
 def create_torchvision_backbone(name: str, last_stride: int = 1) -> TorchvisionBackbone:
