@@ -315,16 +315,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from vreid.features import load_distance
     from vreid.retrieval.ensemble import ensemble_distances
 
-    mats = []
-    for path in args.distances:
-        try:
-            mats.append(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise VreidError(f"{path}: not a distance file written by vreid ({exc})") from None
+    mats = [load_distance(path) for path in args.distances]
     combined = ensemble_distances(mats, weights=args.weights, normalize=args.normalize)
     atomic_save_npy(args.out, combined.astype("float32"))
     log.info("ensemble of %d distances: %s", len(mats), args.out)

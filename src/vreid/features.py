@@ -97,3 +97,12 @@ def check_feature_matrix(features: np.ndarray, where: str | Path, dim: int | Non
     if not np.isfinite(features).all():
         raise VreidError(f"{where}: features contain NaN or infinity")
     return np.ascontiguousarray(features)
+
+
+def load_distance(path: str | Path) -> np.ndarray:
+    """A saved distance matrix (``distance.npy`` of `vreid test` / `rerank` / `ensemble`), or a VreidError naming
+    the file: the one reader of the commands that take distances."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise VreidError(f"{path}: not a distance file written by vreid ({exc})") from None

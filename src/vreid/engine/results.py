@@ -15,7 +15,7 @@ import numpy as np
 
 from vreid.engine.postprocess import final_distance, metrics_from_distance, ranking, with_rerank, write_per_query
 from vreid.errors import VreidError
-from vreid.features import FeatureSet, load_pair
+from vreid.features import FeatureSet, load_distance, load_pair
 from vreid.fileio import atomic_save_npy, atomic_write_text
 from vreid.retrieval.submission import AIC_TOP_K, check_track2, write_track2
 from vreid.runfiles import DISTANCE_FILE, METRICS_FILE, PER_QUERY_FILE, RANKLIST_FILE
@@ -83,10 +83,7 @@ def write_submission(cfg, distance_file: str | Path, features_dir: str | Path, o
                      top_k: int = AIC_TOP_K) -> Path:
     """``vreid submit``: a saved distance and the features it describes -> an AI City ``track2.txt``."""
     _, gallery = load_pair(features_dir)
-    try:
-        dist = np.load(distance_file, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise VreidError(f"{distance_file}: not a distance file written by vreid ({exc})") from None
+    dist = load_distance(distance_file)
     if dist.ndim != 2 or dist.shape[1] != len(gallery):
         raise VreidError(f"{distance_file}: shape {dist.shape}, but {features_dir} has {len(gallery)} gallery "
                          "images (expected queries x gallery)")

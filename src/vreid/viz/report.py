@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vreid.errors import VreidError
-from vreid.features import FeatureSet
+from vreid.features import FeatureSet, load_distance
 from vreid.fileio import atomic_write_text
 from vreid.runfiles import (
     CONFIG_FILE,
@@ -171,10 +171,7 @@ def load_results(folder: Path) -> tuple[dict[str, Any], list[QueryResult], Featu
     metrics = load_metrics(folder / METRICS_FILE)
     results = read_per_query(folder / PER_QUERY_FILE)
     query, gallery = FeatureSet.load(folder / QUERY_FILE), FeatureSet.load(folder / GALLERY_FILE)
-    try:
-        dist = np.load(folder / DISTANCE_FILE, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise VreidError(f"{folder / DISTANCE_FILE}: not a distance file written by vreid ({exc})") from None
+    dist = load_distance(folder / DISTANCE_FILE)
     if dist.ndim != 2 or dist.shape != (len(query), len(gallery)):
         raise VreidError(f"{folder / DISTANCE_FILE}: shape {dist.shape}, but {QUERY_FILE} has {len(query)} queries "
                          f"and {GALLERY_FILE} {len(gallery)} images: expected ({len(query)}, {len(gallery)})")
