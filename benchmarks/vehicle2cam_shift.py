@@ -17,6 +17,12 @@ the highest-numbered vehicles of each type (the end of the recording). No figure
     python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --recipes 'shipped;pad;shipped+test:TEST.FLIP=True' \\
         --splits seed0,seed1,tail --seeds 0,1,2 --proxies plain,sharp,blur
     python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --table          # mean +- std per recipe and proxy
+    python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --recipes 'ens:shipped+shipped@1' --seeds 1 \
+        --splits seed0,seed1,tail --proxies plain,blur   # the two models of seeds 1 and 2, distances averaged
+
+An ensemble recipe ``ens:A+B@k+...`` averages the test distances of its members (equal weights, as ``vreid
+ensemble``), each a recipe name; ``@k`` trains that member with seed ``seed + k``, so ``ens:shipped+shipped@1`` at
+seed 1 is the ensemble of the ``shipped`` models of seeds 1 and 2 (members are trained first if missing).
 
 Every (recipe, split, seed, training variant) run is one ``vreid train`` + one ``vreid test`` per proxy, in
 subprocesses, exactly as a user runs them; results are appended to ``WORK/results.jsonl`` and finished runs are
@@ -57,6 +63,13 @@ LITE2 = ["MODEL.BACKBONE", "efficientnet_lite2",
 BASE_CONFIG = "configs/vehicle2cam/mobilenetv2.yml"
 LOW_RES = ["INPUT.RANDOM_RESOLUTION.PROB", "0.5", "INPUT.RANDOM_RESOLUTION.MIN_SCALE", "0.4"]
 PAD = ["INPUT.RESIZE_MODE", "pad"]
+# The paper's use of simulated vehicles: extra identities from the synthetic city's sim-like (VehicleX-style) set, every
+# batch half real and half simulated (pk_domain; the epoch ends when the real ids run out, so each real image is seen
+# as often as in `shipped`), MixStyle mixing the statistics of the two domains after stages 1-2.
+SIM_IDS = 200
+SIM = ["DATASETS.TRAIN", "('vehicle2cam','aic21_synthetic')", "DATALOADER.SAMPLER", "pk_domain",
+       "DATALOADER.DOMAIN_EPOCH", "shortest"]
+MIX_DOMAIN = ["MODEL.MIXSTYLE.ENABLED", "True", "MODEL.MIXSTYLE.MIX", "domain"]
 
 # recipe -> (config file, overrides, trained?). One lever per row against `shipped` unless the name says otherwise.
 # A name "A+test:KEY=VALUE,..." reuses recipe A's trained models and only changes how they are tested.
@@ -80,6 +93,8 @@ RECIPES: dict[str, tuple[str, list[str], bool]] = {
     "lite0_lowres": (BASE_CONFIG, [*LITE0, *LOW_RES], True),
     "lite0_pad_lowres": (BASE_CONFIG, [*LITE0, *PAD, *LOW_RES], True),
     "lite2": (BASE_CONFIG, [*LITE2, "INPUT.SIZE_TRAIN", "(256,256)", "INPUT.SIZE_TEST", "(256,256)"], True),
+    "sim_mix": (BASE_CONFIG, [*MOBILENET, *SIM, *MIX_DOMAIN], True),  # + SIM_IDS simulated ids, MixStyle (domain)
+    "sim": (BASE_CONFIG, [*MOBILENET, *SIM], True),  # the simulated ids alone, no MixStyle
 }
 
 
@@ -138,6 +153,21 @@ def make_split(work: Path, split: str, variant: str, scale: float) -> Path:
     return root
 
 
+def with_simulated(work: Path, train_root: Path) -> Path:
+    """A dataset root holding ``train_root`` as vehicle-2cam beside the synthetic city's sim-like identities."""
+    city = work / "city"
+    if not (city / "AIC21_Track2_ReID_Simulation" / "train_label.xml").is_file():
+        _vreid(["synth", "--out", str(city), "--ids", "4", "--sim-ids", str(SIM_IDS), "--cameras", "2",
+                "--seed", "0", "--overwrite"], work / "synth.log")
+    root = train_root.with_name(train_root.name + "-sim")
+    root.mkdir(exist_ok=True)
+    for name, target in (("vehicle-2cam", train_root), ("AIC21_Track2_ReID_Simulation",
+                                                         city / "AIC21_Track2_ReID_Simulation")):
+        if not (root / name).exists():
+            (root / name).symlink_to(target.resolve(), target_is_directory=True)
+    return root
+
+
 def _vreid(args: list[str], log_file: Path) -> None:
     with log_file.open("a") as out:
         code = subprocess.call([sys.executable, "-m", "vreid.cli", *args], stdout=out, stderr=subprocess.STDOUT,
@@ -158,7 +188,63 @@ def parse_recipe(recipe: str) -> tuple[str, list[str]]:
     return base, extra
 
 
+ENSEMBLE = "ens:"
+
+
+def parse_ensemble(recipe: str) -> list[tuple[str, int]]:
+    """``ens:A+B@1`` -> [("A", 0), ("B", 1)]: member recipes and their seed offsets."""
+    members = []
+    for item in recipe.removeprefix(ENSEMBLE).split("+"):
+        name, _, offset = item.partition("@")
+        parse_recipe(name)
+        if offset and not offset.isdigit():
+            raise SystemExit(f"{recipe}: seed offset of {item!r} must be a whole number")
+        members.append((name, int(offset or 0)))
+    if len(members) < 2:
+        raise SystemExit(f"{recipe}: an ensemble needs at least two members")
+    return members
+
+
+def test_dir(work: Path, recipe: str, split: str, seed: int, proxy: str) -> Path:
+    """Where ``vreid test`` wrote recipe's outputs (distance.npy, query/gallery.npz) for one proxy."""
+    base, test_overrides = parse_recipe(recipe)
+    variant = "lowtrain" if proxy == "sharp" else "orig"
+    suffix = "-" + re.sub(r"[^A-Za-z0-9.=_-]", "_", recipe) if test_overrides else ""
+    return work / "runs" / f"{base}-{split}-{variant}-s{seed}" / f"test-{proxy}{suffix}"
+
+
+def run_ensemble(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float,
+                 done: set) -> None:
+    """Train/test the members as needed, then score the mean of their distance matrices on each proxy."""
+    from vreid.features import load_distance, load_pair
+    from vreid.retrieval.metrics import evaluate
+
+    members = parse_ensemble(recipe)
+    for name, offset in members:
+        run(work, name, split, seed + offset, proxies, scale, done)
+    for proxy in proxies:
+        if (recipe, split, seed, proxy) in done:
+            continue
+        folders = [test_dir(work, name, split, seed + offset, proxy) for name, offset in members]
+        query, gallery = load_pair(folders[0])
+        for folder in folders[1:]:  # members must rank the same images in the same order
+            q, g = load_pair(folder)
+            if list(q.paths) != list(query.paths) or list(g.paths) != list(gallery.paths):
+                raise SystemExit(f"{folder}: not the same query/gallery images as {folders[0]}")
+        dist = sum(load_distance(f / "distance.npy") for f in folders) / len(folders)
+        metrics = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, query.camera_ids, gallery.camera_ids)
+        row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": float(metrics["mAP"]),
+               "rank1": float(metrics["rank1"]), "train_s": 0.0}
+        with (work / "results.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.add((recipe, split, seed, proxy))
+        log.info("%s", row)
+
+
 def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float, done: set) -> None:
+    if recipe.startswith(ENSEMBLE):
+        run_ensemble(work, recipe, split, seed, proxies, scale, done)
+        return
     base, test_overrides = parse_recipe(recipe)
     config, overrides, trained = RECIPES[base]
     # proxies that share a trained model: plain and blur train on untouched images, sharp on downscaled ones
@@ -175,12 +261,13 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
             weight = str(run_dir / "train" / "model_final.pth")
             if not Path(weight).is_file():
                 start = time.time()
-                _vreid(["train", "--config-file", config, *overrides, "DATASETS.ROOT_DIR", str(train_root),
+                train_data = with_simulated(work, train_root) if "aic21_synthetic" in str(overrides) else train_root
+                _vreid(["train", "--config-file", config, *overrides, "DATASETS.ROOT_DIR", str(train_data),
                         "SEED", str(seed), "OUTPUT_DIR", str(run_dir / "train")], run_dir / "log.txt")
                 seconds = time.time() - start
         for proxy in todo:
             test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, "lowval", scale)
-            out = run_dir / f"test-{proxy}{'-' + re.sub(r'[^A-Za-z0-9.=_-]', '_', recipe) if test_overrides else ''}"
+            out = test_dir(work, recipe, split, seed, proxy)
             # levers are compared without the flip test whatever the config says; "+test:TEST.FLIP=True" adds it
             _vreid(["test", "--config-file", config, *overrides, "TEST.FLIP", "False", *test_overrides,
                     "DATASETS.ROOT_DIR", str(test_root),
@@ -190,6 +277,7 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
                    "rank1": metrics["rank1"], "train_s": round(seconds, 1)}
             with (work / "results.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            done.add((recipe, split, seed, proxy))
             log.info("%s", row)
 
 
@@ -236,7 +324,7 @@ def main() -> None:
             done.add((r["recipe"], r["split"], r["seed"], r["proxy"]))
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     for recipe in args.recipes.split(";"):
-        parse_recipe(recipe)
+        parse_ensemble(recipe) if recipe.startswith(ENSEMBLE) else parse_recipe(recipe)
         for split in args.splits.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 run(args.work, recipe, split, seed, args.proxies.split(","), args.scale, done)
