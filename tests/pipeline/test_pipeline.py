@@ -260,3 +260,68 @@ def test_masks_stage_feeds_the_members_background_swap(tmp_path, city):
     swap = build_background_swap(member, prepare_training_data(member))
     assert swap is not None and swap.num_backgrounds == 6
     assert pipeline.train_cfgs["camera"].INPUT.BACKGROUND_SWAP.PROB == 0.0
+
+
+def test_ensemble_on_a_dataset_without_tracks_or_submission(tmp_path):
+    """`submission: false` on a vehicle-2cam-style test (one true match per query, no tracks): no track2.txt, no
+    track row, and the ensemble row's full-ranking mAP is the mean of 1 / rank of each query's one match under the
+    mean of the members' distances, counted by hand."""
+    from vreid.features import FeatureSet
+    from vreid.pipeline.run import STEP_ENSEMBLE, STEP_RERANK, STEP_SINGLE
+
+    spec_file = write(tmp_path / "pipeline.yml", f"""
+run_dir: {tmp_path / "run"}
+opts: [DATASETS.ROOT_DIR, {tmp_path / "data"}, MODEL.PRETRAIN, False]
+members:
+  a: {{config: {REPO}/configs/vehicle2cam/mobilenetv2.yml}}
+  b: {{config: {REPO}/configs/vehicle2cam/mobilenetv2.yml, opts: [SEED, 1]}}
+submission: false
+""")
+    spec = load_pipeline(spec_file)
+    assert spec.top_k is None
+    pipeline = Pipeline(spec)
+    rng = np.random.default_rng(0)
+    n, dim = 12, 16
+    ids = np.array([f"car_{i:04d}" for i in range(n)])
+    centres = rng.normal(size=(n, dim))
+    members = {}
+    for name in ("a", "b"):  # each member sees the vehicles through its own noise; extraction writes unit vectors
+        q, g = (centres + rng.normal(scale=1.6, size=(n, dim)) for _ in range(2))
+        q, g = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+        folder = tmp_path / "run" / f"extract_{name}"
+        folder.mkdir(parents=True)
+        blank = np.array([""] * n)
+        FeatureSet(q.astype(np.float32), ids, np.array(["1"] * n), blank, np.array([f"q/{i}_cam1.jpg" for i in ids])
+                   ).save(folder / "query.npz")
+        FeatureSet(g.astype(np.float32), ids, np.array(["2"] * n), blank, np.array([f"g/{i}_cam2.jpg" for i in ids])
+                   ).save(folder / "gallery.npz")
+        members[name] = (q, g)
+    for stage in pipeline.stages:
+        if stage.name.startswith(("post_", "ensemble", "final")):
+            (tmp_path / "run" / stage.name).mkdir(parents=True, exist_ok=True)
+            summary = stage.action(tmp_path / "run" / stage.name)
+    assert not (tmp_path / "run" / "final" / "track2.txt").exists() and "track2" not in summary
+    rows = json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())
+    assert [(r["model"], r["step"]) for r in rows] == [
+        ("a", STEP_SINGLE), ("a", STEP_RERANK), ("b", STEP_SINGLE), ("b", STEP_RERANK), ("ensemble", STEP_ENSEMBLE)]
+    # by hand: euclidean distance of unit vectors, averaged over the members; AP of one match = 1 / its rank
+    dist = sum(np.sqrt(np.maximum(((qn[:, None] - gn[None]) ** 2).sum(-1), 0)) for qn, gn in members.values()) / 2
+    ranks = [1 + int((dist[i] < dist[i, i]).sum()) for i in range(n)]
+    assert rows[-1]["mAP"] == pytest.approx(np.mean([1 / r for r in ranks]), abs=1e-6)
+    assert rows[-1]["rank1"] == pytest.approx(np.mean([r == 1 for r in ranks]))
+    assert 0.2 < rows[-1]["mAP"] < 1.0  # the noise makes it a real ranking, not a trivial one
+    # the single-model rows agree with the same hand count for member a alone
+    qa, ga = members["a"]
+    da = np.sqrt(np.maximum(((qa[:, None] - ga[None]) ** 2).sum(-1), 0))
+    assert rows[0]["mAP"] == pytest.approx(np.mean([1 / (1 + int((da[i] < da[i, i]).sum())) for i in range(n)]),
+                                           abs=1e-6)
+
+
+def test_submission_false_and_bad_top_k(tmp_path, city):
+    text = pipeline_file(tmp_path, city).read_text()
+    assert load_pipeline(write(tmp_path / "p.yml", text)).top_k == 100  # absent: the AI City submission
+    for value, message in (("{top_k: 0}", "submission.top_k must be an integer >= 1"),
+                           ("{top_k: true}", "submission.top_k must be an integer >= 1"),
+                           ("{k: 3}", "unknown key 'k'")):
+        with pytest.raises(ConfigError, match=message):
+            load_pipeline(write(tmp_path / "p.yml", text + f"submission: {value}\n"))

@@ -3,8 +3,8 @@
 Stages (docs/pipeline.md): ``translate`` (optional UNIT) -> ``masks`` (optional) -> ``train_<model>`` for
 every member and the orientation/camera models -> ``extract_<model>`` (features of the test query and
 gallery) -> ``post_<member>`` (re-ranking with the orientation/camera fusion, per member) -> ``ensemble``
--> ``final`` (track re-ranking, ``track2.txt`` and its check; on a labelled split the table of the metrics
-after every post-processing step).
+-> ``final`` (track re-ranking, ``track2.txt`` and its check unless ``submission: false``; on a labelled split
+the table of the metrics after every post-processing step).
 
 A stage is finished when its folder holds ``DONE.json``, written atomically as its last act. The file
 records a fingerprint of everything the stage's result depends on (its resolved config and the
@@ -371,7 +371,7 @@ class Pipeline:
         # the distance the ensemble uses: the member's config's post-processing, with the fusion when possible
         final_cfg = _with(cfg, **(fusion if rerank else no_fusion))
         dist = dists[final_step] if final_step in dists else final_distance(final_cfg, query, gallery)
-        if labelled:
+        if labelled and _has_tracks(gallery):
             track_cfg = _with(final_cfg, TEST__TRACK_RERANK=True)
             rows.append(_row(member.name, STEP_TRACK, metrics_from_distance(track_cfg, dist, query, gallery),
                              track=True))
@@ -389,13 +389,37 @@ class Pipeline:
         return {"members": [m.name for m in self.spec.members], "normalize": self.spec.normalize}
 
     def _final(self, folder: Path) -> dict[str, Any]:
-        from vreid.retrieval.submission import check_track2, gallery_image_ids, write_track2
-
         member = self.spec.members[0]
         cfg = self.extract_cfgs[member.name]
         query, gallery = load_pair(self.folder(f"extract_{member.name}"))
         dist = np.load(self.folder("ensemble") / DISTANCE_FILE, allow_pickle=False)
-        top_k = min(self.spec.top_k, len(gallery))
+        summary: dict[str, Any] = {"queries": len(query)}
+        if self.spec.top_k is not None:
+            summary.update(self._submission(folder, cfg, dist, query, gallery, self.spec.top_k))
+        if _labelled(query, gallery):
+            rows = [row for m in self.spec.members
+                    for row in json.loads((self.folder(f"post_{m.name}") / METRICS_FILE).read_text())]
+            # whole tracks listed together where the gallery has tracks (the AIC list); a gallery without tracks
+            # keeps the members' own ranking, and its full-ranking mAP is meaningful
+            tracks = _has_tracks(gallery)
+            final_cfg = _with(cfg, TEST__TRACK_RERANK=True) if tracks else cfg
+            label = "ensemble" if len(self.spec.members) > 1 else member.name
+            rows.append(_row(label, STEP_ENSEMBLE, metrics_from_distance(final_cfg, dist, query, gallery),
+                             track=tracks))
+            atomic_write_text(folder / METRICS_FILE, json.dumps(rows, indent=1) + "\n")
+            table = metrics_table(rows)
+            atomic_write_text(folder / "metrics.md", table)
+            log.info("metrics after each post-processing step (%s):\n%s", folder / "metrics.md", table)
+            summary["rows"] = rows
+        return summary
+
+    @staticmethod
+    def _submission(folder: Path, cfg, dist: np.ndarray, query: FeatureSet, gallery: FeatureSet,
+                    top_k: int) -> dict[str, Any]:
+        """``track2.txt`` of the ensemble's ranking (tracks together if the config says so), checked."""
+        from vreid.retrieval.submission import check_track2, gallery_image_ids, write_track2
+
+        top_k = min(top_k, len(gallery))
         names = [Path(p).name for p in gallery.paths]
         ranked = ranking(cfg, dist, gallery, top_k)
         track2 = write_track2(ranked, names, folder / "track2.txt", top_k)
@@ -404,19 +428,7 @@ class Pipeline:
         if problems:
             raise StageFailed(f"stage final: {track2} fails its check: {problems[0]} ({len(problems)} problems)")
         log.info("%s: %d queries x %d gallery ids, checked", track2, len(query), top_k)
-        summary: dict[str, Any] = {"track2": str(track2), "queries": len(query), "top_k": top_k}
-        if _labelled(query, gallery):
-            rows = [row for m in self.spec.members
-                    for row in json.loads((self.folder(f"post_{m.name}") / METRICS_FILE).read_text())]
-            track_cfg = _with(cfg, TEST__TRACK_RERANK=True)
-            label = "ensemble" if len(self.spec.members) > 1 else member.name
-            rows.append(_row(label, STEP_ENSEMBLE, metrics_from_distance(track_cfg, dist, query, gallery), track=True))
-            atomic_write_text(folder / METRICS_FILE, json.dumps(rows, indent=1) + "\n")
-            table = metrics_table(rows)
-            atomic_write_text(folder / "metrics.md", table)
-            log.info("metrics after each post-processing step (%s):\n%s", folder / "metrics.md", table)
-            summary["rows"] = rows
-        return summary
+        return {"track2": str(track2), "top_k": top_k}
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -439,6 +451,11 @@ def _read_done(marker: Path) -> dict[str, Any]:
 
 def _labelled(query: FeatureSet, gallery: FeatureSet) -> bool:
     return bool(all(query.vehicle_ids) and all(gallery.vehicle_ids))
+
+
+def _has_tracks(gallery: FeatureSet) -> bool:
+    """Whether any gallery image belongs to a track (AIC21, the city); VeRi-style lists and vehicle-2cam have none."""
+    return bool(any(gallery.track_ids))
 
 
 def _slug(step: str) -> str:

@@ -12,7 +12,7 @@ A pipeline file is YAML (docs/pipeline.md shows a full one)::
     orientation: {config: orientation.yml}                  # optional: fused into every member's distance
     camera: {config: camera.yml}                            # optional
     ensemble: {normalize: none}
-    submission: {top_k: 100}
+    submission: {top_k: 100}       # the AI City track2.txt; `submission: false` for any other dataset
 
 Config paths are relative to the pipeline file (as ``_BASE_`` is to a config); every other path is
 relative to the working directory (as ``OUTPUT_DIR`` and ``DATASETS.ROOT_DIR`` are).
@@ -84,7 +84,7 @@ class PipelineSpec:
     masks: MaskSpec | None = None
     normalize: str = "none"
     ensemble_weights: tuple[float, ...] | None = None
-    top_k: int = AIC_TOP_K
+    top_k: int | None = AIC_TOP_K  # None: no track2.txt (``submission: false``)
 
     @property
     def models(self) -> tuple[ModelSpec, ...]:
@@ -185,11 +185,13 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         if not isinstance(weights, list) or len(weights) != len(members):
             raise ConfigError(f"{path}: ensemble.weights must list one weight per member ({len(members)})")
         weights = tuple(float(w) for w in weights)
-    submission = _mapping(f"{path}: submission", tree.get("submission"))
-    _check_keys(f"{path}: submission", submission, ("top_k",))
-    top_k = submission.get("top_k", AIC_TOP_K)
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"{path}: submission.top_k must be an integer >= 1, got {top_k!r}")
+    top_k: int | None = None
+    if tree.get("submission") is not False:  # absent: the AI City submission, as before
+        submission = _mapping(f"{path}: submission", tree.get("submission"))
+        _check_keys(f"{path}: submission", submission, ("top_k",))
+        top_k = submission.get("top_k", AIC_TOP_K)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ConfigError(f"{path}: submission.top_k must be an integer >= 1, got {top_k!r}")
 
     return PipelineSpec(path=path.resolve(), run_dir=Path(str(tree["run_dir"])),
                         opts=_opts(f"{path}: opts", tree.get("opts")), nproc_per_node=nproc, members=members,
