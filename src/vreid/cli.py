@@ -382,7 +382,11 @@ def cmd_masks(args: argparse.Namespace) -> int:
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     from vreid.pipeline import Pipeline, StageCrashed, load_pipeline
 
-    pipeline = Pipeline(load_pipeline(args.pipeline))
+    misplaced = [o for o in args.opts if o in ("--dry-run", "--run-dir", "-h", "--help")]
+    if misplaced:
+        raise VreidError(f"{misplaced[0]} must come before the pipeline file: vreid pipeline run [--dry-run] "
+                         "[--run-dir DIR] PIPELINE.yml [KEY VALUE ...]")
+    pipeline = Pipeline(load_pipeline(args.pipeline, args.opts, args.run_dir))
     if args.dry_run:
         for stage, state in pipeline.status():
             print(f"{state:<8} {stage}")
@@ -622,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "ones resumed); see docs/pipeline.md")
     prun.add_argument("pipeline", metavar="PIPELINE.yml", help="pipeline file (e.g. configs/demo/pipeline.yml)")
     prun.add_argument("--dry-run", action="store_true", help="list the stages and their state; run nothing")
+    prun.add_argument("--run-dir", help="folder of the run (default: the file's run_dir)")
+    prun.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                      help="config overrides for every model, applied last, e.g. DATASETS.ROOT_DIR /data")
     prun.set_defaults(func=cmd_pipeline_run)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True)

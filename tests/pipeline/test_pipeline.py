@@ -325,3 +325,22 @@ def test_submission_false_and_bad_top_k(tmp_path, city):
                            ("{k: 3}", "unknown key 'k'")):
         with pytest.raises(ConfigError, match=message):
             load_pipeline(write(tmp_path / "p.yml", text + f"submission: {value}\n"))
+
+
+def test_command_line_overrides_and_run_dir(tmp_path, city):
+    """`vreid pipeline run P.yml --run-dir R KEY VALUE`: the pairs win over the file's and the models' own opts,
+    for every model; an odd count is bad input (exit 2) naming the command line."""
+    path = pipeline_file(tmp_path, city)
+    spec = load_pipeline(path, ["SEED", "7", "SOLVER.MAX_EPOCHS", "3"], tmp_path / "elsewhere")
+    pipeline = Pipeline(spec)
+    assert pipeline.run_dir == tmp_path / "elsewhere"
+    for name, cfg in pipeline.train_cfgs.items():  # member `plain` says SEED 1 in the file: the command line wins
+        assert (cfg.SEED, cfg.SOLVER.MAX_EPOCHS) == (7, 3), name
+        assert cfg.OUTPUT_DIR == str((tmp_path / "elsewhere" / f"train_{name}").resolve())
+    assert Pipeline(load_pipeline(path)).train_cfgs["plain"].SEED == 1
+    with pytest.raises(ConfigError, match="command line: opts must be a list of KEY, VALUE pairs"):
+        load_pipeline(path, ["SEED"])
+    assert main(["pipeline", "run", "--dry-run", str(path), "SEED"]) == 2
+    assert main(["pipeline", "run", "--dry-run", "--run-dir", str(tmp_path / "r2"), str(path), "SEED", "3"]) == 0
+    assert not (tmp_path / "r2").exists()  # a dry run writes nothing
+    assert main(["pipeline", "run", str(path), "--dry-run"]) == 2  # options after the file: said, not guessed

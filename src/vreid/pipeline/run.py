@@ -168,7 +168,7 @@ class Pipeline:
         return str(self.folder(stage).joinpath(*parts).resolve())
 
     def _train_opts(self, model: ModelSpec) -> list[str]:
-        opts = [*self.spec.opts, *model.opts]
+        opts = [*self.spec.opts, *model.opts, *self.spec.overrides]
         if model in self.spec.members:
             if self.spec.translate is not None:
                 opts += ["DATASETS.SYNTHETIC_IMAGES", self._abs("translate", "images")]
@@ -285,7 +285,8 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------- actions
 
     def _unit_cfg(self):
-        return load_config(None, [*self.spec.opts, *(self.spec.translate.opts if self.spec.translate else ())])
+        return load_config(None, [*self.spec.opts, *(self.spec.translate.opts if self.spec.translate else ()),
+                                  *self.spec.overrides])
 
     def _translate(self, folder: Path) -> dict[str, Any]:
         from vreid.data.formats import aic21

@@ -85,6 +85,7 @@ class PipelineSpec:
     normalize: str = "none"
     ensemble_weights: tuple[float, ...] | None = None
     top_k: int | None = AIC_TOP_K  # None: no track2.txt (``submission: false``)
+    overrides: tuple[str, ...] = ()  # KEY VALUE pairs from the command line: applied last, to every model
 
     @property
     def models(self) -> tuple[ModelSpec, ...]:
@@ -110,7 +111,8 @@ def _opts(where: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) % 2:
-        raise ConfigError(f"{where}: opts must be a list of KEY, VALUE pairs (an even number of items)")
+        raise ConfigError(f"{where}: opts must be a list of KEY, VALUE pairs (an even number of items), got "
+                          f"{value!r}")
     return tuple(str(v) for v in value)
 
 
@@ -128,8 +130,13 @@ def _model(path: Path, name: str, tree: Any, section: str = "") -> ModelSpec:
     return ModelSpec(name, config, _opts(f"{where}.opts", tree.get("opts")))
 
 
-def load_pipeline(path: str | Path) -> PipelineSpec:
-    """Read and check a pipeline file; every problem is a ConfigError naming the file and the key."""
+def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                  run_dir: str | Path | None = None) -> PipelineSpec:
+    """Read and check a pipeline file; every problem is a ConfigError naming the file and the key.
+
+    ``overrides`` (``KEY VALUE`` pairs, e.g. the data folder) go after every model's own opts; ``run_dir``
+    replaces the file's: one pipeline file serves several datasets or runs without being edited.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file not found")
@@ -139,6 +146,8 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     tree = _mapping(str(path), tree)
     _check_keys(str(path), tree, TOP_LEVEL)
+    if run_dir is not None:
+        tree["run_dir"] = str(run_dir)
     if not tree.get("run_dir"):
         raise ConfigError(f"{path}: run_dir (the folder of the run) is required")
     members_tree = _mapping(f"{path}: members", tree.get("members"))
@@ -196,4 +205,5 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
     return PipelineSpec(path=path.resolve(), run_dir=Path(str(tree["run_dir"])),
                         opts=_opts(f"{path}: opts", tree.get("opts")), nproc_per_node=nproc, members=members,
                         orientation=aux["orientation"], camera=aux["camera"], translate=translate, masks=masks,
-                        normalize=normalize, ensemble_weights=weights, top_k=top_k)
+                        normalize=normalize, ensemble_weights=weights, top_k=top_k,
+                        overrides=_opts("command line", list(overrides)))
