@@ -344,3 +344,16 @@ def test_command_line_overrides_and_run_dir(tmp_path, city):
     assert main(["pipeline", "run", "--dry-run", "--run-dir", str(tmp_path / "r2"), str(path), "SEED", "3"]) == 0
     assert not (tmp_path / "r2").exists()  # a dry run writes nothing
     assert main(["pipeline", "run", str(path), "--dry-run"]) == 2  # options after the file: said, not guessed
+
+
+def test_vehicle2cam_ensemble_file_resolves():
+    """configs/vehicle2cam/ensemble.yml: two members of the shipped recipe that differ only in their seed."""
+    spec = load_pipeline(REPO / "configs" / "vehicle2cam" / "ensemble.yml", ["DATASETS.ROOT_DIR", "/data"])
+    pipeline = Pipeline(spec)
+    assert spec.top_k is None and [s.name for s in pipeline.stages][-2:] == ["ensemble", "final"]
+    a, b = (pipeline.train_cfgs[m.name] for m in spec.members)
+    assert (a.SEED, b.SEED) == (0, 1) and a.DATASETS.ROOT_DIR == b.DATASETS.ROOT_DIR == "/data"
+    a.defrost(), b.defrost()
+    a.SEED = b.SEED = 0
+    a.OUTPUT_DIR = b.OUTPUT_DIR = ""
+    assert a.dump() == b.dump()
