@@ -281,20 +281,36 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
             log.info("%s", row)
 
 
-def table(work: Path) -> str:
+def table(work: Path, reference: str = "shipped") -> str:
+    """mAP mean +- sd (n runs) per recipe and proxy, then each recipe's paired difference from ``reference`` over
+    the (split, seed) cells both have: the same held-out vehicles and the same seed, so the split's own difficulty
+    cancels out."""
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines() if line.strip()]
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    runs: dict[tuple[str, str], dict[tuple[str, int], float]] = defaultdict(dict)
     for r in rows:
-        cells[(r["recipe"], r["proxy"])].append(r["mAP"])
-    proxies = [p for p in ("plain", "sharp", "blur") if any(k[1] == p for k in cells)]
+        runs[(r["recipe"], r["proxy"])][(r["split"], r["seed"])] = r["mAP"]
+    proxies = [p for p in ("plain", "sharp", "blur") if any(k[1] == p for k in runs)]
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
-    lines = ["| recipe | " + " | ".join(f"{p} mAP (n)" for p in proxies) + " |", "|---" * (len(proxies) + 1) + "|"]
+
+    def cell(values: list[float], signed: bool = False) -> str:
+        if not values:
+            return "-"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):{'+' if signed else ''}.3f} +- {sd:.3f} ({len(values)})"
+
+    header = "| recipe | " + " | ".join(f"{p} mAP (n)" for p in proxies) + " |"
+    lines = [header, "|---" * (len(proxies) + 1) + "|"]
     for recipe in recipes:
+        lines.append(f"| {recipe} | " + " | ".join(cell(list(runs[(recipe, p)].values())) for p in proxies) + " |")
+    lines += ["", f"Paired difference from `{reference}` (same split and seed):", "",
+              header.replace("mAP (n)", "diff (n)"), lines[1]]
+    for recipe in recipes:
+        if recipe == reference:
+            continue
         parts = []
         for p in proxies:
-            v = cells.get((recipe, p), [])
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            parts.append(f"{statistics.mean(v):.3f} +- {sd:.3f} ({len(v)})" if v else "-")
+            ref, own = runs.get((reference, p), {}), runs.get((recipe, p), {})
+            parts.append(cell([own[k] - ref[k] for k in sorted(own.keys() & ref.keys())], signed=True))
         lines.append(f"| {recipe} | " + " | ".join(parts) + " |")
     return "\n".join(lines)
 
