@@ -347,8 +347,8 @@ def test_command_line_overrides_and_run_dir(tmp_path, city):
 
 
 def test_vehicle2cam_ensemble_file_resolves():
-    """configs/vehicle2cam/ensemble.yml: two members of the shipped recipe that differ only in their seed."""
-    spec = load_pipeline(REPO / "configs" / "vehicle2cam" / "ensemble.yml", ["DATASETS.ROOT_DIR", "/data"])
+    """configs/vehicle2cam/pipeline_ensemble.yml: two members of the shipped recipe that differ only in their seed."""
+    spec = load_pipeline(REPO / "configs" / "vehicle2cam" / "pipeline_ensemble.yml", ["DATASETS.ROOT_DIR", "/data"])
     pipeline = Pipeline(spec)
     assert spec.top_k is None and [s.name for s in pipeline.stages][-2:] == ["ensemble", "final"]
     a, b = (pipeline.train_cfgs[m.name] for m in spec.members)
