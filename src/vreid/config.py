@@ -148,6 +148,9 @@ _C.TEST.THREADS = 0  # CPU threads for inference (0 = the library's default)
 _C.TEST.RETRIEVAL_DEVICE = "auto"  # re-ranking and evaluation: auto (CUDA when available, else numpy) | cpu | cuda
 _C.TEST.METRIC = "euclidean"  # distance between L2-normalised features: euclidean | sqeuclidean | cosine
 _C.TEST.RANKLIST_QUERIES = 8  # queries drawn in the rank-list picture of `vreid test` (0 = none)
+_C.TEST.CAMERA_NORM = CN()
+_C.TEST.CAMERA_NORM.MODE = "none"  # per-camera feature normalisation before distances: none | center | standardize
+_C.TEST.CAMERA_NORM.MIN_IMAGES = 10  # a camera with fewer test images uses the statistics of all images
 _C.TEST.QE = CN()
 _C.TEST.QE.ENABLED = False  # alpha query expansion with the top gallery neighbours
 _C.TEST.QE.TOP_K = 5  # neighbours averaged into each query

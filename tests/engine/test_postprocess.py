@@ -10,7 +10,7 @@ import pytest
 from vreid.cli import EXIT_BAD_INPUT, main
 from vreid.config import load_config
 from vreid.engine.postprocess import final_distance, metrics_from_distance, ranking, ranking_distance
-from vreid.errors import VreidError
+from vreid.errors import ConfigError, VreidError
 from vreid.features import FeatureSet
 from vreid.retrieval import evaluate, k_reciprocal_rerank
 
@@ -185,3 +185,21 @@ def test_rerank_device_option(tmp_path, caplog, monkeypatch):
     if not torch.cuda.is_available():
         assert rerank("gpu", "--device", "cuda") == EXIT_BAD_INPUT
         assert "no CUDA device" in caplog.text
+
+
+def test_camera_norm_runs_before_the_distance_and_its_keys_are_checked(tmp_path):
+    _, q, g = feature_sets(tmp_path)
+    cfg = load_config(None, ["TEST.CAMERA_NORM.MODE", "center", "TEST.CAMERA_NORM.MIN_IMAGES", "2"])
+    feats = np.concatenate([q.features, g.features]).astype(np.float64)
+    cams = np.concatenate([q.camera_ids, g.camera_ids])
+    centred = np.empty_like(feats)
+    for cam in set(cams):  # written out: each camera's mean over its query and gallery images
+        centred[cams == cam] = feats[cams == cam] - feats[cams == cam].mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    expected = np.linalg.norm(centred[: len(q), None] - centred[None, len(q):], axis=2)
+    assert np.allclose(final_distance(cfg, q, g), expected, atol=1e-5)
+    assert not np.allclose(final_distance(load_config(), q, g), expected, atol=1e-3)
+    with pytest.raises(ConfigError, match="TEST.CAMERA_NORM.MODE"):
+        final_distance(load_config(None, ["TEST.CAMERA_NORM.MODE", "mean"]), q, g)
+    with pytest.raises(ConfigError, match="TEST.CAMERA_NORM.MIN_IMAGES"):
+        final_distance(load_config(None, ["TEST.CAMERA_NORM.MIN_IMAGES", "0"]), q, g)

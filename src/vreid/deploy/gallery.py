@@ -56,15 +56,21 @@ def index_config(gallery: Gallery, config_file: str | None = None, opts: Sequenc
     import tempfile
 
     if config_file is not None:
-        return load_config(config_file, opts)
-    stored = gallery.model_config
-    if stored is None:
-        raise VreidError(f"{gallery.uri} has no model config (the features had no {MODEL_CONFIG} beside them): give "
-                         "the model with --config-file F TEST.WEIGHT W")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / MODEL_CONFIG
-        path.write_text(stored)
-        return load_config(str(path), opts)
+        cfg = load_config(config_file, opts)
+    else:
+        stored = gallery.model_config
+        if stored is None:
+            raise VreidError(f"{gallery.uri} has no model config (the features had no {MODEL_CONFIG} beside them): "
+                             "give the model with --config-file F TEST.WEIGHT W")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_CONFIG
+            path.write_text(stored)
+            cfg = load_config(str(path), opts)
+    if cfg.TEST.CAMERA_NORM.MODE != "none":  # say it once, where a user would expect it to apply
+        log.info("TEST.CAMERA_NORM.MODE %s is not applied to gallery search: it needs each camera's test images "
+                 "together (offline evaluation, docs/retrieval.md); queries are ranked on their own features",
+                 cfg.TEST.CAMERA_NORM.MODE)
+    return cfg
 
 
 def check_model_fits(gallery: Gallery, embedder, where: str | Path) -> None:

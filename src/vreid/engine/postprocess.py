@@ -1,10 +1,10 @@
 """From saved FeatureSets to a final distance, ranking and metrics, as ``cfg.TEST`` describes (docs/method.md).
 
-Order: gallery track averaging -> query expansion / database augmentation -> distance (k-reciprocal
-re-ranking, with the orientation/camera fusion D = Dv - w_o*Do - w_c*Dc inside it, or the plain
+Order: per-camera feature normalisation -> gallery track averaging -> query expansion / database augmentation ->
+distance (k-reciprocal re-ranking, with the orientation/camera fusion D = Dv - w_o*Do - w_c*Dc inside it, or the plain
 squared Euclidean distance of the paper's code) -> ranking (optionally whole tracks together).
-This is the only module that maps the post-processing keys of ``cfg.TEST`` (METRIC, RERANK, FUSION, QE, DBA,
-TRACK_*, RETRIEVAL_DEVICE) onto the pure functions of :mod:`vreid.retrieval`; the extraction keys (WEIGHT, BACKEND,
+This is the only module that maps the post-processing keys of ``cfg.TEST`` (METRIC, CAMERA_NORM, RERANK, FUSION, QE,
+DBA, TRACK_*, RETRIEVAL_DEVICE) onto the pure functions of :mod:`vreid.retrieval`; the extraction keys (WEIGHT, BACKEND,
 FLIP, THREADS, IMS_PER_BATCH) are :mod:`vreid.engine.inference`'s.
 """
 
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from vreid.config import check_choice
-from vreid.errors import VreidError
+from vreid.errors import ConfigError, VreidError
 from vreid.features import FeatureSet, load_pair
 from vreid.fileio import atomic_write_text
 from vreid.retrieval import evaluate, evaluate_aic, k_reciprocal_rerank, pairwise_distance
+from vreid.retrieval.camera_norm import CAMERA_NORMS, camera_normalize_pair
 from vreid.retrieval.device import RETRIEVAL_DEVICES, retrieval_device
 from vreid.retrieval.distance import METRICS, smallest_k
 from vreid.retrieval.query_expansion import average_query_expansion, database_augmentation
@@ -51,6 +52,9 @@ def check_test_config(cfg) -> None:
     """The post-processing keys of TEST with a fixed set of choices, each error naming its key."""
     check_choice(cfg, "TEST.METRIC", METRICS)  # retrieval.distance's: euclidean, sqeuclidean, cosine
     check_choice(cfg, "TEST.RETRIEVAL_DEVICE", RETRIEVAL_DEVICES)
+    check_choice(cfg, "TEST.CAMERA_NORM.MODE", CAMERA_NORMS)
+    if cfg.TEST.CAMERA_NORM.MIN_IMAGES < 1:
+        raise ConfigError(f"TEST.CAMERA_NORM.MIN_IMAGES must be >= 1, got {cfg.TEST.CAMERA_NORM.MIN_IMAGES}")
 
 
 def with_rerank(cfg):
@@ -67,6 +71,9 @@ def final_distance(cfg, query: FeatureSet, gallery: FeatureSet) -> np.ndarray:
     check_test_config(cfg)
     t = cfg.TEST
     q_feat, g_feat = query.features, gallery.features
+    if t.CAMERA_NORM.MODE != "none":
+        q_feat, g_feat = camera_normalize_pair(q_feat, g_feat, query.camera_ids, gallery.camera_ids,
+                                               t.CAMERA_NORM.MODE, t.CAMERA_NORM.MIN_IMAGES)
     if t.TRACK_AVERAGE.ENABLED:
         g_feat = average_track_features(g_feat, gallery.track_ids, window=t.TRACK_AVERAGE.WINDOW or None)
     if t.DBA:

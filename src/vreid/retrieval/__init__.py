@@ -1,5 +1,6 @@
 """Retrieval: pure functions on arrays from features to distances, rankings and metrics (no config objects)."""
 
+from vreid.retrieval.camera_norm import camera_normalize, camera_normalize_pair
 from vreid.retrieval.distance import l2_normalize, pairwise_distance
 from vreid.retrieval.ensemble import ensemble_distances, ensemble_features, normalize_distance
 from vreid.retrieval.metrics import evaluate, evaluate_aic
@@ -11,6 +12,8 @@ from vreid.retrieval.tracks import average_track_features, track_distance, track
 __all__ = [
     "average_query_expansion",
     "average_track_features",
+    "camera_normalize",
+    "camera_normalize_pair",
     "check_track2",
     "database_augmentation",
     "ensemble_distances",

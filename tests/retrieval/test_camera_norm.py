@@ -1,0 +1,118 @@
+"""Per-camera feature normalisation against per-row loops, and the invariance it exists for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vreid.retrieval.camera_norm import STD_EPS, camera_normalize, camera_normalize_pair
+from vreid.retrieval.metrics import evaluate
+
+
+def ref_normalize(x, cams, mode, min_images):
+    """Row by row: the statistics of the row's camera (or of all rows for a small camera), then unit length."""
+    x = np.asarray(x, np.float64)
+    out = []
+    for i, row in enumerate(x):
+        group = [j for j in range(len(x)) if cams[j] == cams[i]]
+        if len(group) < min_images:
+            group = list(range(len(x)))
+        rows = x[group]
+        mean = rows.sum(axis=0) / len(rows)
+        value = row - mean
+        if mode == "standardize":
+            std = np.sqrt(((rows - mean) ** 2).sum(axis=0) / len(rows))
+            value = value / (std + STD_EPS)
+        out.append(value / np.linalg.norm(value))
+    return np.array(out)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    cams = np.array(["1"] * 12 + ["2"] * 15 + ["3"] * 3)  # camera 3 is below min_images=5
+    return x, cams
+
+
+@pytest.mark.parametrize("mode", ["center", "standardize"])
+def test_matches_row_by_row_reference(data, mode):
+    x, cams = data
+    out = camera_normalize(x, cams, mode, min_images=5)
+    assert out.dtype == np.float32
+    assert np.allclose(out, ref_normalize(x, cams, mode, 5), atol=1e-6)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+
+
+def test_small_camera_uses_all_images(data):
+    x, cams = data
+    out = camera_normalize(x, cams, "center", min_images=5)
+    pooled = x[27:] - x.astype(np.float64).mean(axis=0)
+    assert np.allclose(out[27:], pooled / np.linalg.norm(pooled, axis=1, keepdims=True), atol=1e-6)
+    # with min_images 3 camera 3 is large enough: centred on its own mean, so the rows differ
+    own = camera_normalize(x, cams, "center", min_images=3)
+    assert not np.allclose(own[27:], out[27:], atol=1e-3)
+    assert np.allclose(own[:27], out[:27])
+
+
+def test_none_only_normalises(data):
+    x, cams = data
+    assert np.allclose(camera_normalize(x, cams, "none"), x / np.linalg.norm(x, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_a_camera_offset_no_longer_changes_the_ranking():
+    """What it is for: camera 2 adds one vector to all its features (another colour response). The plain ranking
+    suffers; centred features are the same with and without the offset, so the ranking is restored exactly."""
+    rng = np.random.default_rng(1)
+    ids = np.arange(40)
+    centres = rng.normal(size=(40, 32))
+    query = centres + 0.8 * rng.normal(size=(40, 32))
+    gallery = centres + 0.8 * rng.normal(size=(40, 32))
+    shifted = gallery + 3.0 * rng.normal(size=32)  # the same offset for every image of camera 2
+    qc, gc = ["1"] * 40, ["2"] * 40
+
+    def m_ap(q, g):
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        dist = 2 - 2 * q @ g.T
+        return evaluate(dist, ids, ids, np.array(qc), np.array(gc))["mAP"]
+
+    q0, g0 = camera_normalize_pair(query, gallery, qc, gc, "center")
+    q1, g1 = camera_normalize_pair(query, shifted, qc, gc, "center")
+    assert np.allclose(q0, q1, atol=1e-5) and np.allclose(g0, g1, atol=1e-5)
+    assert m_ap(query, shifted) < m_ap(query, gallery) - 0.05  # the offset does hurt (0.95 -> 0.89)
+    assert m_ap(q1, g1) == pytest.approx(m_ap(q0, g0))
+
+
+def test_standardize_removes_a_per_camera_scale_per_dimension():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 6))
+    cams = np.array(["a"] * 10 + ["b"] * 10)
+    scaled = x.copy()
+    scaled[10:] = scaled[10:] * rng.uniform(0.5, 2.0, size=6) + rng.normal(size=6)
+    assert np.allclose(camera_normalize(x, cams, "standardize"), camera_normalize(scaled, cams, "standardize"),
+                       atol=1e-5)
+    assert not np.allclose(camera_normalize(x, cams, "center"), camera_normalize(scaled, cams, "center"), atol=1e-3)
+
+
+def test_pair_takes_statistics_from_both_sides():
+    rng = np.random.default_rng(3)
+    q, g = rng.normal(size=(6, 4)), rng.normal(size=(9, 4))
+    qc, gc = ["1", "1", "2", "2", "2", "1"], ["1"] * 4 + ["2"] * 5
+    nq, ng = camera_normalize_pair(q, g, qc, gc, "center", min_images=1)
+    both = ref_normalize(np.concatenate([q, g]), qc + gc, "center", 1)
+    assert np.allclose(nq, both[:6], atol=1e-6) and np.allclose(ng, both[6:], atol=1e-6)
+
+
+def test_bad_arguments_name_the_problem(data):
+    x, cams = data
+    with pytest.raises(ValueError, match="unknown camera normalisation 'mean'"):
+        camera_normalize(x, cams, "mean")
+    with pytest.raises(ValueError, match="min_images must be >= 1"):
+        camera_normalize(x, cams, "center", min_images=0)
+    with pytest.raises(ValueError, match="one camera per feature row"):
+        camera_normalize(x, cams[:-1], "center")
+    with pytest.raises(ValueError, match="dimensions differ"):
+        camera_normalize_pair(x, x[:, :4], cams, cams, "center")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        camera_normalize(np.full((3, 2), np.nan), ["1"] * 3, "center")
