@@ -8,7 +8,13 @@ several seeds and tests it on every proxy:
 - ``sharp``: the training images downscaled by ``--scale`` (0.6) before training, the held-out images untouched: the
   test recording has larger, sharper crops than the training one (the case a user meets with a closer camera);
 - ``blur``: the model trained on the untouched images, the held-out images downscaled by ``--scale``: a farther or
-  lower-resolution camera.
+  lower-resolution camera;
+- ``colour``: the held-out images of each camera recoloured as another camera would render them (camera 1 warmer
+  and brighter, camera 2 cooler and darker: ``CAMERA_COLOUR``), so queries and gallery differ in colour response;
+- ``view``: each held-out image warped by a random perspective (corners moved inwards by up to 30 % of the half
+  side, drawn from the file name): a camera at another height and angle.
+
+``colour`` and ``view`` only change the test images, so they reuse the models of ``plain`` and cost one extraction.
 
 Splits (each holds out 100 vehicles, stratified by type): ``seed0`` and ``seed1`` draw them at random, ``tail`` takes
 the highest-numbered vehicles of each type (the end of the recording). No figure here comes from vehicles outside
@@ -19,6 +25,11 @@ the highest-numbered vehicles of each type (the end of the recording). No figure
     python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --table          # mean +- std per recipe and proxy
     python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --recipes 'ens:shipped+shipped@1' --seeds 1 \
         --splits seed0,seed1,tail --proxies plain,blur   # the two models of seeds 1 and 2, distances averaged
+    python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --splits seed0,seed1,tail --seeds 1 \
+        --recipes 'shipped/center;ens:shipped/center+shipped/center@1' --proxies plain,blur,colour,view
+
+A recipe ``A/P`` post-processes recipe A's saved test features with P's ``TEST`` keys (``POST``: ``center`` and
+``std``, per-camera feature normalisation), through the same code as ``vreid test``, without extracting again.
 
 An ensemble recipe ``ens:A+B@k+...`` averages the test distances of its members (equal weights, as ``vreid
 ensemble``), each a recipe name; ``@k`` trains that member with seed ``seed + k``, so ``ens:shipped+shipped@1`` at
@@ -44,6 +55,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 log = logging.getLogger("vehicle2cam_shift")
@@ -83,6 +95,11 @@ RECIPES: dict[str, tuple[str, list[str], bool]] = {
     "lowres": (BASE_CONFIG, [*MOBILENET, *LOW_RES], True),
     "pad_lowres": (BASE_CONFIG, [*MOBILENET, *PAD, *LOW_RES], True),
     "jitter_blur": (BASE_CONFIG, [*MOBILENET, "INPUT.COLOR_JITTER.PROB", "0.25", "INPUT.BLUR_PROB", "0.25"], True),
+    # colour jitter as a camera of another recording changes colour: brightness, contrast, saturation and hue, on
+    # half the images (torchvision ColorJitter; the `colour` proxy's per-channel gains and gamma are not among them)
+    "jitter_colour": (BASE_CONFIG, [*MOBILENET, "INPUT.COLOR_JITTER.PROB", "0.5",
+                                    "INPUT.COLOR_JITTER.BRIGHTNESS", "0.3", "INPUT.COLOR_JITTER.CONTRAST", "0.3",
+                                    "INPUT.COLOR_JITTER.SATURATION", "0.3", "INPUT.COLOR_JITTER.HUE", "0.05"], True),
     "gem_s1": (BASE_CONFIG, [*MOBILENET, "MODEL.POOLING", "gem", "MODEL.LAST_STRIDE", "1"], True),
     "mixstyle": (BASE_CONFIG, [*MOBILENET, "MODEL.MIXSTYLE.ENABLED", "True"], True),
     "ibn2": (BASE_CONFIG, [*MOBILENET, "MODEL.IBN_STAGES", "2"], True),  # IBN-a norms in stages 1-2 (stride 4, 8)
@@ -126,6 +143,38 @@ def held_out_ids(names: list[str], split: str) -> set[str]:
     return chosen
 
 
+# proxy -> the folder variant its held-out images come from (``sharp`` tests untouched images on a model trained on
+# downscaled ones; the others test a model trained on untouched images)
+TEST_DATA = {"plain": "orig", "sharp": "lowtrain", "blur": "lowval", "colour": "colorval", "view": "viewval"}
+PROXIES = tuple(TEST_DATA)
+# Per-camera colour response of the ``colour`` proxy: channel gains (R, G, B) and a gamma, one pair per camera, so
+# the query camera turns warmer and brighter and the gallery camera cooler and darker than any training image.
+CAMERA_COLOUR = {1: ((1.10, 1.0, 0.88), 0.8), 2: ((0.90, 1.0, 1.12), 1.25)}
+VIEW_DISTORTION = 0.3  # the ``view`` proxy moves each corner by up to this fraction of half the side, inwards
+
+
+def camera_colour(img: Image.Image, camera: int) -> Image.Image:
+    """The image as camera ``camera`` of another recording would render it: gains per channel, then a gamma."""
+    gains, gamma = CAMERA_COLOUR[camera]
+    pixels = np.clip(np.asarray(img, dtype=np.float32) / 255.0 * np.asarray(gains, dtype=np.float32), 0.0, 1.0)
+    return Image.fromarray(np.round(255.0 * pixels ** gamma).astype(np.uint8))
+
+
+def viewpoint(img: Image.Image, name: str) -> Image.Image:
+    """A perspective warp drawn from the file name (the same image always gets the same warp), as a camera at
+    another height and angle would see the vehicle; the uncovered corners take the image's mean colour."""
+    from torchvision.transforms.functional import perspective
+
+    rng = random.Random(name)
+    w, h = img.size
+    dx, dy = VIEW_DISTORTION * w / 2, VIEW_DISTORTION * h / 2
+    start = [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]
+    end = [[round(x + sx * rng.uniform(0, dx)), round(y + sy * rng.uniform(0, dy))]
+           for (x, y), (sx, sy) in zip(start, [(1, 1), (-1, 1), (-1, -1), (1, -1)], strict=True)]
+    fill = [int(v) for v in np.asarray(img).reshape(-1, 3).mean(axis=0)]
+    return perspective(img, start, end, fill=fill)
+
+
 def make_split(work: Path, split: str, variant: str, scale: float) -> Path:
     """A vehicle-2cam folder: train.txt + val.txt; ``variant`` 'lowtrain' / 'lowval' downscales that part's images."""
     root = work / "data" / f"{split}-{variant}"
@@ -137,15 +186,21 @@ def make_split(work: Path, split: str, variant: str, scale: float) -> Path:
     train = [n for n in names if n.rsplit("_", 1)[0] not in held]
     images = root / "images" / "train"
     images.mkdir(parents=True, exist_ok=True)
-    shrink = set(train if variant == "lowtrain" else val if variant == "lowval" else [])
+    changed = set(train if variant == "lowtrain" else val if variant in ("lowval", "colorval", "viewval") else [])
     for name in names:
         target = images / name
         if target.exists():
             continue
-        if name in shrink:
+        if name in changed:
             img = Image.open(DATA / "images" / "train" / name).convert("RGB")
-            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            img.resize(size, Image.BILINEAR, reducing_gap=None).save(target, quality=95)
+            if variant == "colorval":
+                img = camera_colour(img, int(name[-5]))
+            elif variant == "viewval":
+                img = viewpoint(img, name)
+            else:
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                img = img.resize(size, Image.BILINEAR, reducing_gap=None)
+            img.save(target, quality=95)
         else:
             target.symlink_to(DATA / "images" / "train" / name)
     (root / "train.txt").write_text("\n".join(train) + "\n")
@@ -176,9 +231,26 @@ def _vreid(args: list[str], log_file: Path) -> None:
         raise SystemExit(f"vreid {args[0]} failed (exit {code}); see {log_file}")
 
 
+# A name "A/P" reuses recipe A's saved test features and only changes the post-processing: P's TEST keys, applied by
+# the same code as `vreid test` (no extraction); allowed on ensemble members ("ens:A/center+A/center@1").
+POST: dict[str, list[str]] = {
+    "center": ["TEST.CAMERA_NORM.MODE", "center"],
+    "std": ["TEST.CAMERA_NORM.MODE", "standardize"],
+}
+
+
+def split_post(recipe: str) -> tuple[str, str]:
+    """``A/P`` -> ("A", "P"); a name without a post-processing variant -> (name, "")."""
+    base, _, post = recipe.partition("/")
+    if post and post not in POST:
+        raise SystemExit(f"unknown post-processing {post!r} in {recipe!r}; known: {', '.join(POST)}")
+    return base, post
+
+
 def parse_recipe(recipe: str) -> tuple[str, list[str]]:
-    """``A+test:K=V,K=V`` -> ("A", [K, V, K, V]); a plain name -> (name, [])."""
-    base, _, tail = recipe.partition("+test:")
+    """``A+test:K=V,K=V`` -> ("A", [K, V, K, V]); a plain name -> (name, []); a ``/P`` suffix is checked and
+    ignored here."""
+    base, _, tail = split_post(recipe)[0].partition("+test:")
     if base not in RECIPES:
         raise SystemExit(f"unknown recipe {base!r}; known: {', '.join(RECIPES)}")
     extra: list[str] = []
@@ -207,10 +279,45 @@ def parse_ensemble(recipe: str) -> list[tuple[str, int]]:
 
 def test_dir(work: Path, recipe: str, split: str, seed: int, proxy: str) -> Path:
     """Where ``vreid test`` wrote recipe's outputs (distance.npy, query/gallery.npz) for one proxy."""
-    base, test_overrides = parse_recipe(recipe)
+    tested, post = split_post(recipe)
+    base, test_overrides = parse_recipe(tested)
     variant = "lowtrain" if proxy == "sharp" else "orig"
-    suffix = "-" + re.sub(r"[^A-Za-z0-9.=_-]", "_", recipe) if test_overrides else ""
+    suffix = "-" + re.sub(r"[^A-Za-z0-9.=_-]", "_", tested) if test_overrides else ""
+    suffix += f"-post-{post}" if post else ""
     return work / "runs" / f"{base}-{split}-{variant}-s{seed}" / f"test-{proxy}{suffix}"
+
+
+def run_post(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float, done: set) -> None:
+    """Recipe ``A/P``: A's saved query/gallery features, post-processed with P's TEST keys, scored."""
+    from vreid.config import load_config
+    from vreid.engine.postprocess import final_distance, metrics_from_distance
+    from vreid.features import load_pair
+    from vreid.fileio import atomic_save_npy
+    from vreid.runfiles import GALLERY_FILE, QUERY_FILE
+
+    tested, post = split_post(recipe)
+    run(work, tested, split, seed, proxies, scale, done)
+    config, overrides, _ = RECIPES[parse_recipe(tested)[0]]
+    cfg = load_config(REPO / config, [*overrides, "TEST.CAMERA_NORM.MODE", "none", *parse_recipe(tested)[1],
+                                      *POST[post]])
+    for proxy in proxies:
+        if (recipe, split, seed, proxy) in done:
+            continue
+        source, out = test_dir(work, tested, split, seed, proxy), test_dir(work, recipe, split, seed, proxy)
+        query, gallery = load_pair(source)
+        dist = final_distance(cfg, query, gallery)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (QUERY_FILE, GALLERY_FILE):  # the ensemble code reads the images' order from here
+            if not (out / name).exists():
+                (out / name).symlink_to(source / name)
+        atomic_save_npy(out / "distance.npy", dist)
+        metrics = metrics_from_distance(cfg, dist, query, gallery)
+        row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": metrics["mAP"],
+               "rank1": metrics["rank1"], "train_s": 0.0}
+        with (work / "results.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.add((recipe, split, seed, proxy))
+        log.info("%s", row)
 
 
 def run_ensemble(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float,
@@ -245,10 +352,13 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
     if recipe.startswith(ENSEMBLE):
         run_ensemble(work, recipe, split, seed, proxies, scale, done)
         return
+    if split_post(recipe)[1]:
+        run_post(work, recipe, split, seed, proxies, scale, done)
+        return
     base, test_overrides = parse_recipe(recipe)
     config, overrides, trained = RECIPES[base]
     # proxies that share a trained model: plain and blur train on untouched images, sharp on downscaled ones
-    for variant, tested in (("orig", [p for p in proxies if p in ("plain", "blur")]),
+    for variant, tested in (("orig", [p for p in proxies if p != "sharp"]),
                             ("lowtrain", [p for p in proxies if p == "sharp"])):
         todo = [p for p in tested if (recipe, split, seed, p) not in done]
         if not todo or (not trained and variant == "lowtrain"):
@@ -266,10 +376,12 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
                         "SEED", str(seed), "OUTPUT_DIR", str(run_dir / "train")], run_dir / "log.txt")
                 seconds = time.time() - start
         for proxy in todo:
-            test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, "lowval", scale)
+            test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, TEST_DATA[proxy], scale)
             out = test_dir(work, recipe, split, seed, proxy)
-            # levers are compared without the flip test whatever the config says; "+test:TEST.FLIP=True" adds it
-            _vreid(["test", "--config-file", config, *overrides, "TEST.FLIP", "False", *test_overrides,
+            # levers are compared without the flip test and the per-camera normalisation whatever the config says;
+            # "+test:TEST.FLIP=True" and "/std" add them
+            _vreid(["test", "--config-file", config, *overrides, "TEST.FLIP", "False", "TEST.CAMERA_NORM.MODE", "none",
+                    *test_overrides,
                     "DATASETS.ROOT_DIR", str(test_root),
                     "DATASETS.TEST_SPLIT", "val", "TEST.WEIGHT", weight, "OUTPUT_DIR", str(out)], run_dir / "log.txt")
             metrics = json.loads((out / "metrics.json").read_text())
@@ -289,7 +401,7 @@ def table(work: Path, reference: str = "shipped") -> str:
     runs: dict[tuple[str, str], dict[tuple[str, int], float]] = defaultdict(dict)
     for r in rows:
         runs[(r["recipe"], r["proxy"])][(r["split"], r["seed"])] = r["mAP"]
-    proxies = [p for p in ("plain", "sharp", "blur") if any(k[1] == p for k in runs)]
+    proxies = [p for p in PROXIES if any(k[1] == p for k in runs)]
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
 
     def cell(values: list[float], signed: bool = False) -> str:
@@ -339,11 +451,15 @@ def main() -> None:
             r = json.loads(line)
             done.add((r["recipe"], r["split"], r["seed"], r["proxy"]))
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    proxies = args.proxies.split(",")
+    unknown = sorted(set(proxies) - set(PROXIES))
+    if unknown:
+        raise SystemExit(f"--proxies: unknown {', '.join(unknown)}; known: {', '.join(PROXIES)}")
     for recipe in args.recipes.split(";"):
         parse_ensemble(recipe) if recipe.startswith(ENSEMBLE) else parse_recipe(recipe)
         for split in args.splits.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                run(args.work, recipe, split, seed, args.proxies.split(","), args.scale, done)
+                run(args.work, recipe, split, seed, proxies, args.scale, done)
     print(table(args.work))
 
 

@@ -5,8 +5,8 @@ move all the features it produces in roughly the same direction, and a query cam
 camera moved another no longer rank by the vehicle alone. Subtracting each camera's mean feature, estimated from
 that camera's own (unlabelled) test images, removes this first-order part before any distance is taken;
 ``standardize`` also divides each dimension by its spread within the camera. On vehicle-2cam the held-out vehicles
-rendered with another colour response per camera fall from 0.96 to 0.61 mAP and centring brings them back to 0.83,
-while the untouched ones stay where they were (docs/benchmarks.md, issue 11).
+rendered with another colour response per camera fall from 0.975 to 0.642 mAP and standardising brings them back to
+0.849, while the untouched ones gain 0.005 (means of 6 runs; docs/benchmarks.md, issue 11).
 
 Like re-ranking it is transductive: it needs the test images of each camera together, so it belongs to offline
 evaluation (``vreid test``, pipelines), not to a service that embeds one query at a time. A camera with fewer than
