@@ -35,13 +35,13 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
     """``features`` (N, D) with each camera's mean removed (``center``) or each camera's dimensions standardised
     (``standardize``), rows L2-normalised again; ``none`` returns the rows L2-normalised, nothing else changed.
 
-    Statistics are float64 per group of ``camera_ids``; a camera with fewer than ``min_images`` rows uses those of
-    all N rows. Returns float32."""
+    Statistics are computed in float64 per group of ``camera_ids``; a camera with fewer than ``min_images`` rows
+    uses those of all N rows. Returns float32 (the features are held in float32 throughout)."""
     if mode not in CAMERA_NORMS:
         raise ValueError(f"unknown camera normalisation {mode!r}; expected one of {', '.join(CAMERA_NORMS)}")
     if min_images < 1:
         raise ValueError(f"min_images must be >= 1, got {min_images}")
-    x = as_feature_matrix(features, "features", dtype=np.float64, finite=True)
+    x = as_feature_matrix(features, "features", dtype=np.float32, finite=True)
     cams = np.asarray(camera_ids).astype(str)
     if cams.shape != (len(x),):
         raise ValueError(f"camera_ids must give one camera per feature row: {cams.shape} for {len(x)} rows")
@@ -49,11 +49,12 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
         return l2_normalize(x).astype(np.float32)
 
     def stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = rows.astype(np.float64)  # one camera at a time: the float64 copy stays the size of its largest camera
         mean = rows.mean(axis=0)
         scale = rows.std(axis=0) + STD_EPS if mode == "standardize" else np.ones_like(mean)
         return mean, scale
 
-    pooled = stats(x)
+    pooled: tuple[np.ndarray, np.ndarray] | None = None  # all rows' statistics, only if a camera is too small
     out = np.empty_like(x)
     small = []
     for camera in np.unique(cams):
@@ -61,9 +62,10 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
         if mask.sum() >= min_images:
             mean, scale = stats(x[mask])
         else:
+            pooled = pooled or stats(x)
             mean, scale = pooled
             small.append(camera)
-        out[mask] = (x[mask] - mean) / scale
+        out[mask] = (x[mask].astype(np.float64) - mean) / scale
     if small:
         log.info("camera normalisation: %d camera(s) with fewer than %d images use the statistics of all images: %s",
                  len(small), min_images, ", ".join(small[:10]) + (" ..." if len(small) > 10 else ""))
