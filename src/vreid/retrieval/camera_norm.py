@@ -46,7 +46,7 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
     if cams.shape != (len(x),):
         raise ValueError(f"camera_ids must give one camera per feature row: {cams.shape} for {len(x)} rows")
     if mode == "none" or len(x) == 0:
-        return l2_normalize(x).astype(np.float32)
+        return l2_normalize(x).astype(np.float32, copy=False)
 
     def stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = rows.astype(np.float64)  # one camera at a time: the float64 copy stays the size of its largest camera
@@ -69,7 +69,8 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
     if small:
         log.info("camera normalisation: %d camera(s) with fewer than %d images use the statistics of all images: %s",
                  len(small), min_images, ", ".join(small[:10]) + (" ..." if len(small) > 10 else ""))
-    return l2_normalize(out).astype(np.float32)
+    out /= np.maximum(np.sqrt(np.einsum("ij,ij->i", out, out))[:, None], 1e-12)  # in place: no second copy
+    return out
 
 
 def camera_normalize_pair(query: np.ndarray, gallery: np.ndarray, query_cameras: Sequence, gallery_cameras: Sequence,
