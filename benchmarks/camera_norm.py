@@ -4,8 +4,8 @@ Usage: python benchmarks/camera_norm.py [--queries 1103] [--gallery 31238] [--di
 
 Prints the median wall time of vreid.retrieval.camera_normalize_pair for ``center`` and ``standardize`` and the
 peak memory it allocates beyond its float32 inputs (tracemalloc sees numpy buffers): two float32 copies of the
-features (query and gallery joined, and the output) plus a few of one camera's rows in float64, never a float64 copy
-of the whole set.
+features (query and gallery joined, and the output) plus a few of one camera's rows in float64; no float64 copy
+of the whole set unless a camera has fewer than MIN_IMAGES images (then the pooled statistics need one).
 """
 
 from __future__ import annotations
