@@ -287,19 +287,30 @@ def test_dir(work: Path, recipe: str, split: str, seed: int, proxy: str) -> Path
     return work / "runs" / f"{base}-{split}-{variant}-s{seed}" / f"test-{proxy}{suffix}"
 
 
+def record(work: Path, done: set, recipe: str, split: str, seed: int, proxy: str, metrics: dict,
+           train_s: float = 0.0) -> None:
+    """One scored (recipe, split, seed, proxy) cell: appended to WORK/results.jsonl and marked done."""
+    row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": float(metrics["mAP"]),
+           "rank1": float(metrics["rank1"]), "train_s": round(train_s, 1)}
+    with (work / "results.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    done.add((recipe, split, seed, proxy))
+    log.info("%s", row)
+
+
 def run_post(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float, done: set) -> None:
     """Recipe ``A/P``: A's saved query/gallery features, post-processed with P's TEST keys, scored."""
     from vreid.config import load_config
     from vreid.engine.postprocess import final_distance, metrics_from_distance
     from vreid.features import load_pair
     from vreid.fileio import atomic_save_npy
-    from vreid.runfiles import GALLERY_FILE, QUERY_FILE
+    from vreid.runfiles import DISTANCE_FILE, GALLERY_FILE, QUERY_FILE
 
     tested, post = split_post(recipe)
     run(work, tested, split, seed, proxies, scale, done)
-    config, overrides, _ = RECIPES[parse_recipe(tested)[0]]
-    cfg = load_config(REPO / config, [*overrides, "TEST.CAMERA_NORM.MODE", "none", *parse_recipe(tested)[1],
-                                      *POST[post]])
+    base, test_overrides = parse_recipe(tested)
+    config, overrides, _ = RECIPES[base]
+    cfg = load_config(REPO / config, [*overrides, "TEST.CAMERA_NORM.MODE", "none", *test_overrides, *POST[post]])
     for proxy in proxies:
         if (recipe, split, seed, proxy) in done:
             continue
@@ -310,14 +321,8 @@ def run_post(work: Path, recipe: str, split: str, seed: int, proxies: list[str],
         for name in (QUERY_FILE, GALLERY_FILE):  # the ensemble code reads the images' order from here
             if not (out / name).exists():
                 (out / name).symlink_to(source / name)
-        atomic_save_npy(out / "distance.npy", dist)
-        metrics = metrics_from_distance(cfg, dist, query, gallery)
-        row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": metrics["mAP"],
-               "rank1": metrics["rank1"], "train_s": 0.0}
-        with (work / "results.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        done.add((recipe, split, seed, proxy))
-        log.info("%s", row)
+        atomic_save_npy(out / DISTANCE_FILE, dist)
+        record(work, done, recipe, split, seed, proxy, metrics_from_distance(cfg, dist, query, gallery))
 
 
 def run_ensemble(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float,
@@ -325,6 +330,7 @@ def run_ensemble(work: Path, recipe: str, split: str, seed: int, proxies: list[s
     """Train/test the members as needed, then score the mean of their distance matrices on each proxy."""
     from vreid.features import load_distance, load_pair
     from vreid.retrieval.metrics import evaluate
+    from vreid.runfiles import DISTANCE_FILE
 
     members = parse_ensemble(recipe)
     for name, offset in members:
@@ -338,14 +344,9 @@ def run_ensemble(work: Path, recipe: str, split: str, seed: int, proxies: list[s
             q, g = load_pair(folder)
             if list(q.paths) != list(query.paths) or list(g.paths) != list(gallery.paths):
                 raise SystemExit(f"{folder}: not the same query/gallery images as {folders[0]}")
-        dist = sum(load_distance(f / "distance.npy") for f in folders) / len(folders)
-        metrics = evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, query.camera_ids, gallery.camera_ids)
-        row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": float(metrics["mAP"]),
-               "rank1": float(metrics["rank1"]), "train_s": 0.0}
-        with (work / "results.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        done.add((recipe, split, seed, proxy))
-        log.info("%s", row)
+        dist = sum(load_distance(f / DISTANCE_FILE) for f in folders) / len(folders)
+        record(work, done, recipe, split, seed, proxy,
+               evaluate(dist, query.vehicle_ids, gallery.vehicle_ids, query.camera_ids, gallery.camera_ids))
 
 
 def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scale: float, done: set) -> None:
@@ -376,7 +377,7 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
                         "SEED", str(seed), "OUTPUT_DIR", str(run_dir / "train")], run_dir / "log.txt")
                 seconds = time.time() - start
         for proxy in todo:
-            test_root = train_root if proxy in ("plain", "sharp") else make_split(work, split, TEST_DATA[proxy], scale)
+            test_root = make_split(work, split, TEST_DATA[proxy], scale)  # plain and sharp: the training folder
             out = test_dir(work, recipe, split, seed, proxy)
             # levers are compared without the flip test and the per-camera normalisation whatever the config says;
             # "+test:TEST.FLIP=True" and "/std" add them
@@ -384,13 +385,7 @@ def run(work: Path, recipe: str, split: str, seed: int, proxies: list[str], scal
                     *test_overrides,
                     "DATASETS.ROOT_DIR", str(test_root),
                     "DATASETS.TEST_SPLIT", "val", "TEST.WEIGHT", weight, "OUTPUT_DIR", str(out)], run_dir / "log.txt")
-            metrics = json.loads((out / "metrics.json").read_text())
-            row = {"recipe": recipe, "split": split, "seed": seed, "proxy": proxy, "mAP": metrics["mAP"],
-                   "rank1": metrics["rank1"], "train_s": round(seconds, 1)}
-            with (work / "results.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            done.add((recipe, split, seed, proxy))
-            log.info("%s", row)
+            record(work, done, recipe, split, seed, proxy, json.loads((out / "metrics.json").read_text()), seconds)
 
 
 def table(work: Path, reference: str = "shipped") -> str:

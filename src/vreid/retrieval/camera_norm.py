@@ -49,7 +49,6 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
         return l2_normalize(x).astype(np.float32, copy=False)
 
     def stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = rows.astype(np.float64)  # one camera at a time: the float64 copy stays the size of its largest camera
         mean = rows.mean(axis=0)
         scale = rows.std(axis=0) + STD_EPS if mode == "standardize" else np.ones_like(mean)
         return mean, scale
@@ -59,13 +58,16 @@ def camera_normalize(features: np.ndarray, camera_ids: Sequence, mode: str = "ce
     small = []
     for camera in np.unique(cams):
         mask = cams == camera
-        if mask.sum() >= min_images:
-            mean, scale = stats(x[mask])
+        rows = x[mask].astype(np.float64)  # one camera at a time: the float64 copy stays the size of one camera
+        if len(rows) >= min_images:
+            mean, scale = stats(rows)
         else:
-            pooled = pooled or stats(x)
+            pooled = pooled or stats(x.astype(np.float64))
             mean, scale = pooled
             small.append(camera)
-        out[mask] = (x[mask].astype(np.float64) - mean) / scale
+        rows -= mean  # in place on the camera's own copy
+        rows /= scale
+        out[mask] = rows
     if small:
         log.info("camera normalisation: %d camera(s) with fewer than %d images use the statistics of all images: %s",
                  len(small), min_images, ", ".join(small[:10]) + (" ..." if len(small) > 10 else ""))
