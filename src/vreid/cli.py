@@ -199,7 +199,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     options = _given(args, kind="kind", engine="engine", nlist="nlist", nprobe="nprobe", hnsw_m="hnsw_m",
                      ef_search="ef_search")
-    with build_index(args.features, args.out, overwrite=args.overwrite, **options) as gallery:
+    with build_index(args.features, args.out, overwrite=args.overwrite, camera_norm=args.camera_norm,
+                     calibration=args.calibration, **options) as gallery:
         info = gallery.settings()
     print(f"{args.out}: {info['images']} images, {gallery.dim}-d, {info['kind']} search ({info['backend']})")
     return 0
@@ -271,7 +272,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:
             embedder = _embedder(args, gallery)
             device = retrieval_device(args.device or embedder.cfg.TEST.RETRIEVAL_DEVICE)
-            queries, results = args.image, search_files(gallery, embedder, args.image, args.top_k, where, device=device)
+            queries, results = args.image, search_files(gallery, embedder, args.image, args.top_k, where, device=device,
+                                                        camera=args.query_camera)
     if args.json:
         print(json.dumps([{"query": q, "results": [h.to_dict() for h in hits]}
                           for q, hits in zip(queries, results, strict=True)], indent=1))
@@ -550,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
     ibuild.add_argument("--ef-search", type=int, help="hnsw: search beam width (default 128)")
     ibuild.add_argument("--overwrite", action="store_true", help="replace an existing index in OUT")
+    ibuild.add_argument("--camera-norm", choices=("none", "center", "standardize"),
+                        help="per-camera normalisation fitted on the gallery (default: TEST.CAMERA_NORM.MODE of the "
+                        "config beside the features; docs/retrieval.md)")
+    ibuild.add_argument("--calibration", metavar="F.npz", action="append", default=[],
+                        help="more features (e.g. unlabelled images of the query cameras) for the per-camera "
+                        "statistics only, not indexed (repeat)")
     ibuild.add_argument("out", metavar="OUT", help="gallery to create: a folder (FOLDER/gallery.db), "
                         "sqlite:///path/gallery.db, milvus://host:port[/collection] (docs/deployment.md)")
     ibuild.set_defaults(func=cmd_index_build)
@@ -587,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_retrieval_device_arg(search)
     search.add_argument("--camera", action="append", default=[], help="only gallery images of this camera (repeat)")
+    search.add_argument("--query-camera", default="", metavar="CAM", help="the camera that took the --image queries: "
+                        "normalised with its statistics when the gallery has per-camera statistics")
     search.add_argument("--track", action="append", default=[], help="only gallery images of this track (repeat)")
     search.add_argument("--from", dest="time_from", metavar="TIME", help="only images captured at or after TIME "
                         "(ISO 8601 or epoch seconds)")

@@ -499,3 +499,43 @@ def test_bad_gallery_metadata_is_a_422_and_stores_nothing(tmp_path):
             assert r.status_code == 422 and text in r.json()["detail"], (form, r.text)
         assert client.get("/health").json()["images"] == 3
         assert not (tmp_path / "i" / "uploads").exists()  # no file written either
+
+
+def test_per_camera_statistics_apply_to_searches_and_uploads(tmp_path):
+    """A gallery built with camera statistics: a query is normalised with its query_camera's statistics (the pooled
+    ones without), an uploaded image with its camera_id's; written out against the fitted statistics."""
+    from vreid.features import FeatureSet
+    from vreid.retrieval.camera_norm import STD_EPS
+
+    rng = np.random.default_rng(0)
+    feats = np.concatenate([rng.normal(size=(12, DIM)) + 2.0, rng.normal(size=(12, DIM)) * 3.0 - 1.0])
+    cams = np.array(["a"] * 12 + ["b"] * 12)
+    FeatureSet(feats.astype(np.float32), np.array([f"v{i}" for i in range(24)]), cams, np.array([""] * 24),
+               np.array([f"g{i}.png" for i in range(24)])).save(tmp_path / "g.npz")
+    build_index(tmp_path / "g.npz", tmp_path / "i", engine="numpy", camera_norm="standardize").close()
+    x = feats.astype(np.float32).astype(np.float64)
+
+    def norm(rows, group):
+        value = (rows - group.mean(axis=0)) / (group.std(axis=0) + STD_EPS)
+        return value / np.linalg.norm(value, axis=-1, keepdims=True)
+
+    stored = np.concatenate([norm(x[:12], x[:12]), norm(x[12:], x[12:])])
+    embedder = HashEmbedder()
+    query = embedder.embed([Image.open(io.BytesIO(_png(7)))])[0].astype(np.float64)
+    with serving(create_app(tmp_path / "i", embedder)) as client:
+        health = client.get("/health").json()
+        assert health["camera_norm"] == {"mode": "standardize", "cameras": 2}
+        for camera, group in (("b", x[12:]), ("", x), ("never-seen", x)):
+            r = client.post("/search", params={"top_k": 24, "query_camera": camera},
+                            files={"image": ("q.png", _png(7), "image/png")})
+            expected = stored @ norm(query, group)
+            got = {h["vehicle_id"]: h["score"] for h in r.json()["results"]}
+            assert [got[f"v{i}"] for i in range(24)] == pytest.approx(expected, abs=1e-5), camera
+        r = client.post("/search", params={"query_camera": "c" * 300}, files={"image": ("q.png", _png(7), "image/png")})
+        assert r.status_code == 422
+        assert client.post("/gallery", files=_upload(seed=9), data={"camera_id": "a"}).status_code == 200
+    upload = embedder.embed([Image.open(io.BytesIO(_png(9)))])[0].astype(np.float64)
+    with open_gallery(tmp_path / "i") as gallery:
+        last = [b for b in gallery.batches()][-1]
+        assert last.sightings[-1].camera_id == "a"
+        assert np.allclose(last.features[-1], norm(upload, x[:12]), atol=1e-6)

@@ -109,6 +109,14 @@ def test_another_handle_sees_committed_changes_and_reopening_keeps_everything(ur
     assert [h.id for h in first.search(feats[15:16], 1)[0]] == [new[5]]
     assert ids[0] not in {h.id for h in first.search(feats[0:1], 20)[0]}
     assert first.model_config == "MODEL:\n  BACKBONE: resnet18\n"
+    # a large metadata text (the camera statistics of 40 cameras of 1280-d features in base64 are about this size)
+    stats = "s" * 700_000
+    second.set_metadata("camera_stats", stats)
+    assert first.metadata("camera_stats") == stats and first.model_config == "MODEL:\n  BACKBONE: resnet18\n"
+    second.set_metadata("camera_stats", None)
+    assert first.metadata("camera_stats") is None
+    with pytest.raises(ValueError, match="unknown gallery metadata key"):
+        first.metadata("settings")
     first.close()
     second.close()
     with open_gallery(uri) as again:

@@ -116,3 +116,49 @@ def test_bad_arguments_name_the_problem(data):
         camera_normalize_pair(x, x[:, :4], cams, cams, "center")
     with pytest.raises(ValueError, match="NaN or infinite"):
         camera_normalize(np.full((3, 2), np.nan), ["1"] * 3, "center")
+
+
+# --- statistics fitted once and applied to other rows (galleries) --------------------------------------------------
+
+def test_fitted_statistics_apply_to_new_rows_of_known_and_unknown_cameras(data):
+    from vreid.retrieval.camera_norm import CameraStats
+
+    x, cams = data
+    stats = CameraStats.fit(x, cams, "standardize", 5)
+    assert stats.cameras == ("1", "2") and stats.counts == (12, 15) and stats.pooled_count == 30
+    new = np.random.default_rng(3).normal(size=(4, 8)).astype(np.float32)
+    out = stats.apply(new, ["2", "1", "3", "elsewhere"])
+    x64 = x.astype(np.float64)
+
+    def expected(row, rows):  # written out: that group's mean and population std, then unit length
+        value = (row - rows.mean(axis=0)) / (rows.std(axis=0) + STD_EPS)
+        return value / np.linalg.norm(value)
+
+    assert np.allclose(out[0], expected(new[0], x64[cams == "2"]), atol=1e-6)
+    assert np.allclose(out[1], expected(new[1], x64[cams == "1"]), atol=1e-6)
+    for i in (2, 3):  # camera 3 had too few rows to have its own; "elsewhere" was never seen: all 30 rows
+        assert np.allclose(out[i], expected(new[i], x64), atol=1e-6)
+    # the pooled moments, combined from the cameras', equal numpy's over the whole set
+    assert np.allclose(stats.pooled_mean, x64.mean(axis=0), atol=1e-12)
+    assert np.allclose(stats.pooled_scale, x64.std(axis=0) + STD_EPS, atol=1e-12)
+
+
+def test_statistics_round_trip_through_json_exactly_and_broken_text_is_named(data):
+    from vreid.retrieval.camera_norm import CameraStats
+
+    x, cams = data
+    stats = CameraStats.fit(x, cams, "center", 5)
+    back = CameraStats.from_json(stats.to_json(), "g.db")
+    assert (back.mode, back.min_images, back.cameras, back.counts, back.pooled_count) == \
+        ("center", 5, ("1", "2"), (12, 15), 30)
+    for a, b in ((stats.means, back.means), (stats.scales, back.scales), (stats.pooled_mean, back.pooled_mean)):
+        assert np.array_equal(a, b)
+    assert np.array_equal(stats.apply(x, cams), back.apply(x, cams))
+    text = stats.to_json()
+    for broken in ("{", text.replace('"center"', '"sideways"'), text.replace('"dim": 8', '"dim": 7'), "[]"):
+        with pytest.raises(ValueError, match="g.db: broken camera statistics"):
+            CameraStats.from_json(broken, "g.db")
+    with pytest.raises(ValueError, match="8-d"):
+        stats.apply(x[:, :4], cams)
+    with pytest.raises(ValueError, match="center or standardize"):
+        CameraStats.fit(x, cams, "none")

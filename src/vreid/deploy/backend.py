@@ -31,6 +31,10 @@ LEGACY_FORMAT = "vreid-gallery-index"
 DEFAULT_COLLECTION = "vreid_gallery"
 BATCH = 4096  # rows per batch when iterating or copying a gallery
 UPLOADS = "uploads"  # `vreid serve` keeps uploaded gallery images in this folder beside a SQLite gallery
+# texts stored with a gallery: the model config that embeds its queries, the per-camera statistics its rows were
+# normalised with (vreid.deploy.gallery)
+MODEL_CONFIG_KEY, CAMERA_STATS_KEY = "model_config", "camera_stats"
+METADATA_KEYS = (MODEL_CONFIG_KEY, CAMERA_STATS_KEY)
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,21 @@ class Gallery(ABC):
     def settings(self) -> dict[str, Any]:
         """Backend, dimension and search settings, for `vreid index info` and GET /health."""
 
-    @property
     @abstractmethod
-    def model_config(self) -> str | None:
-        """The YAML config of the model that embeds this gallery's queries, if one was stored."""
+    def metadata(self, key: str) -> str | None:
+        """A text stored with the gallery under one of :data:`METADATA_KEYS`, or None."""
 
     @abstractmethod
-    def set_model_config(self, text: str | None) -> None: ...
+    def set_metadata(self, key: str, text: str | None) -> None:
+        """Store (None: delete) the text under ``key``, one of :data:`METADATA_KEYS`."""
+
+    @property
+    def model_config(self) -> str | None:
+        """The YAML config of the model that embeds this gallery's queries, if one was stored."""
+        return self.metadata(MODEL_CONFIG_KEY)
+
+    def set_model_config(self, text: str | None) -> None:
+        self.set_metadata(MODEL_CONFIG_KEY, text)
 
     def close(self) -> None:  # noqa: B027  (backends without resources have nothing to close)
         pass
@@ -147,6 +159,12 @@ class Gallery(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @staticmethod
+    def _check_key(key: str) -> str:
+        if key not in METADATA_KEYS:
+            raise ValueError(f"unknown gallery metadata key {key!r}; known: {', '.join(METADATA_KEYS)}")
+        return key
 
     def _check_rows(self, features: np.ndarray, sightings: Sequence[Sighting]) -> np.ndarray:
         features = check_feature_matrix(features, self.uri, self.dim)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MAX_VARCHAR = 65_535  # Milvus's largest VARCHAR (bytes)
 TEXT_FIELDS = ("path", "vehicle_id", "camera_id", "track_id")
 OUTPUT = [*TEXT_FIELDS, "captured_at", "attributes"]
-SETTINGS_KEY, CONFIG_KEY = "vreid.settings", "vreid.model_config"
+SETTINGS_KEY, METADATA_PREFIX = "vreid.settings", "vreid."  # metadata: vreid.model_config, ...
 # vreid kinds -> Milvus index types and the parameters that carry over
 INDEX_TYPES = {"exact": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
 
@@ -159,19 +159,19 @@ class MilvusGallery(Gallery):
             self._call("the delete", self.client.delete, self.collection, ids=ids)
         return len(ids)
 
-    def set_model_config(self, text: str | None) -> None:
+    def set_metadata(self, key: str, text: str | None) -> None:
+        prop = METADATA_PREFIX + self._check_key(key)
         if text is None:
-            self._call("the change", self.client.drop_collection_properties, self.collection,
-                       property_keys=[CONFIG_KEY])
+            self._call("the change", self.client.drop_collection_properties, self.collection, property_keys=[prop])
         else:
             self._call("the change", self.client.alter_collection_properties, self.collection,
-                       properties={CONFIG_KEY: text})
+                       properties={prop: text})
 
     # ------------------------------------------------------------------------------------------------- reads
-    @property
-    def model_config(self) -> str | None:
+    def metadata(self, key: str) -> str | None:
+        prop = METADATA_PREFIX + self._check_key(key)
         return self._call("the read", self.client.describe_collection, self.collection).get(
-            "properties", {}).get(CONFIG_KEY)
+            "properties", {}).get(prop)
 
     def count(self) -> int:
         rows = self._call("the count", self.client.query, self.collection, filter="", output_fields=["count(*)"],

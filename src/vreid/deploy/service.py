@@ -2,7 +2,9 @@
 
     GET    /health            status, gallery size, backend and search settings
     POST   /search            multipart field ``image``; query ``top_k``, filters ``camera`` and ``track`` (repeat
-                              for several), ``time_from``, ``time_to`` (ISO 8601 or epoch s) -> ranked gallery images
+                              for several), ``time_from``, ``time_to`` (ISO 8601 or epoch s), ``query_camera`` (the
+                              camera that took the image, for a gallery with per-camera statistics) -> ranked
+                              gallery images
     POST   /gallery           multipart field(s) ``images`` (+ optional form ``vehicle_id``, ``camera_id``,
                               ``track_id``, ``captured_at``, ``attributes`` (JSON object)) -> new ids
     DELETE /gallery/{id}      remove one gallery image
@@ -48,7 +50,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from vreid.data.images import SUFFIXES, ImageHeader, ImageTooLarge, decode_image, image_header
-from vreid.deploy.gallery import check_model_fits, parse_time, search_filter
+from vreid.deploy.gallery import add_rows, camera_stats, check_model_fits, parse_time, search_filter, search_rows
 from vreid.errors import DatasetError, VreidError, require_package
 
 try:
@@ -66,6 +68,7 @@ TOKEN_ENV = "VREID_SERVE_TOKEN"
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_ID = 2**63 - 1  # gallery ids are int64
+MAX_CAMERA_CHARS = 256  # a search's query_camera: only looked up among the gallery's cameras
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_ROUTES = frozenset({("POST", "/search")})  # unsafe method, but changes nothing
 CLIENT_GONE = "vreid.client_gone"  # ASGI scope key: a threading.Event set when the client has hung up
@@ -316,6 +319,7 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
     index = open_gallery(index_uri)
     uploads = upload_folder(index_uri)
     check_model_fits(index, embedder, index_uri)  # refuse to start rather than answer 500 to every request
+    stats = camera_stats(index)  # fitted when the gallery was built and never changed after: read once
     lock = threading.Lock()  # reading and changing the gallery (never held while decoding or embedding)
     # decoding and embedding run on these few threads only: it bounds the work at once and the memory too (each
     # thread that decodes a large image keeps its own malloc arena: with the request threads doing it, eight
@@ -346,12 +350,14 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
     def health() -> dict[str, Any]:
         with lock:
             settings = index.settings()
-        return {"status": "ok", **settings, "read_only": read_only, "uptime_s": round(time.time() - started, 1)}
+        return {"status": "ok", **settings, "read_only": read_only, "uptime_s": round(time.time() - started, 1),
+                "camera_norm": None if stats is None else {"mode": stats.mode, "cameras": len(stats.cameras)}}
 
     @app.post("/search")
     def search(request: Request, image: Annotated[UploadFile, File()], top_k: Annotated[int, Query(ge=1)] = 20,
                camera: Annotated[list[str] | None, Query()] = None, track: Annotated[list[str] | None, Query()] = None,
-               time_from: str | None = None, time_to: str | None = None) -> dict[str, Any]:
+               time_from: str | None = None, time_to: str | None = None,
+               query_camera: Annotated[str, Query(max_length=MAX_CAMERA_CHARS)] = "") -> dict[str, Any]:
         if top_k > limits.max_top_k:
             raise HTTPException(422, f"top_k {top_k} is over the limit of {limits.max_top_k}")
         try:
@@ -361,7 +367,7 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
         start = time.perf_counter()
         features = embed(request, received([image])[0])
         with lock:
-            hits = index.search(features, top_k, where)[0]
+            hits = search_rows(index, features, top_k, where, [query_camera], stats=stats)[0]
         return {"results": [_hit(h) for h in hits], "took_ms": round(1000 * (time.perf_counter() - start), 2)}
 
     def upload_path(data: bytes, kind: str) -> str:
@@ -398,9 +404,9 @@ def create_app(index_uri: str | Path, embedder, limits: Limits = Limits(), read_
                 try:
                     for j in new:  # the files first: a committed row always has its image
                         atomic_write_bytes(paths[j], files[j][0])
-                    ids = index.add(features[[fresh.index(j) for j in new]], [
+                    ids = add_rows(index, features[[fresh.index(j) for j in new]], [
                         Sighting(paths[j], sighting.vehicle_id, sighting.camera_id, sighting.track_id,
-                                 sighting.captured_at, sighting.attributes) for j in new])
+                                 sighting.captured_at, sighting.attributes) for j in new], stats=stats)
                 except (VreidError, OSError) as exc:
                     for path in written:  # a refused add leaves no file behind
                         with contextlib.suppress(OSError):

@@ -1,9 +1,9 @@
 """The embedded gallery backend: SQLite (standard library) as the store of record, searched in memory.
 
 Tables: ``sightings`` (id, metadata, float32 embedding BLOB), ``changes`` (a log of committed adds and removes,
-ordered by ``seq``) and ``settings`` (format, dimension, search settings, model config). Every change is one
-transaction (WAL journal, ``synchronous=FULL``: a committed change survives a killed process or a crash), written
-with BEGIN IMMEDIATE so writers queue (``busy_timeout``) instead of failing.
+ordered by ``seq``) and ``settings`` (format, dimension, search settings, model config, camera statistics). Every
+change is one transaction (WAL journal, ``synchronous=FULL``: a committed change survives a killed process or a
+crash), written with BEGIN IMMEDIATE so writers queue (``busy_timeout``) instead of failing.
 
 Readers keep a :class:`~vreid.deploy.index.GalleryIndex` in memory: loaded once from ``sightings``, then
 before every search they read the change-log rows after the last one applied and apply only those, all in one
@@ -194,18 +194,19 @@ class SqliteGallery(Gallery):
                                  [(REMOVE, i, i) for i in ids])
         return len(ids)
 
-    def set_model_config(self, text: str | None) -> None:
+    def set_metadata(self, key: str, text: str | None) -> None:
+        key = self._check_key(key)
         with self._lock, _transaction(self._db, self.uri):
             if text is None:
-                self._db.execute("DELETE FROM settings WHERE key = 'model_config'")
+                self._db.execute("DELETE FROM settings WHERE key = ?", (key,))
             else:
-                self._db.execute("INSERT OR REPLACE INTO settings VALUES ('model_config', ?)", (text,))
+                self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, text))
 
     # ------------------------------------------------------------------------------------------------- reads
-    @property
-    def model_config(self) -> str | None:
+    def metadata(self, key: str) -> str | None:
+        key = self._check_key(key)
         with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE key = 'model_config'").fetchone()
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def count(self) -> int:
