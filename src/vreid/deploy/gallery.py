@@ -131,6 +131,9 @@ def index_config(gallery: Gallery, config_file: str | None = None, opts: Sequenc
             path = Path(tmp) / MODEL_CONFIG
             path.write_text(stored)
             cfg = load_config(str(path), opts)
+    if cfg.TEST.CAMERA_NORM.BN:
+        log.warning("TEST.CAMERA_NORM.BN is not applied to gallery search: queries are embedded with the model's own "
+                    "batch-norm statistics (offline evaluation only, docs/retrieval.md)")
     stats = camera_stats(gallery)
     if stats is not None:  # say it once, where a user would expect it to apply
         log.info("%s: queries are normalised with the gallery's per-camera statistics (%s, %d cameras; the pooled "

@@ -17,10 +17,11 @@ from vreid.config import save_config
 from vreid.data.formats.folder import image_records
 from vreid.data.loader import load_test_dataset
 from vreid.data.records import GALLERY, QUERY, ImageRecord
+from vreid.engine.camera_bn import embed_per_camera
 from vreid.engine.distributed import DistInfo, cleanup, gather_shards, init_distributed, shard
 from vreid.engine.inference import Embedder
 from vreid.engine.results import write_test_results
-from vreid.errors import VreidError
+from vreid.errors import ConfigError, VreidError
 from vreid.features import FeatureSet
 from vreid.runfiles import FINAL_WEIGHTS, GALLERY_FILE, QUERY_FILE
 
@@ -50,6 +51,10 @@ def extract_splits(
                              f"{cfg.DATASETS.TEST_SPLIT!r}")
     embedder = Embedder(cfg)
     info = info or DistInfo(0, 1, 0, embedder.setup.device)
+    if cfg.TEST.CAMERA_NORM.BN:  # every camera's images of all splits together: one process does it all
+        if info.distributed:
+            raise ConfigError("TEST.CAMERA_NORM.BN is not supported under torchrun: run `vreid test` in one process")
+        return embed_per_camera(embedder, records, cfg.TEST.CAMERA_NORM.MIN_IMAGES)
     out = {split: embed_sharded(embedder, recs, info) for split, recs in records.items()}
     return {split: fs for split, fs in out.items() if fs is not None}
 
@@ -74,6 +79,9 @@ def run_extract_folder(cfg, folder: str | Path, name: str = GALLERY, *, info: Di
     when ``DATASETS.FOLDER_PATTERN`` matches them, else empty). Rank 0 writes and returns the path."""
 
     records = image_records(folder, cfg.DATASETS.FOLDER_PATTERN)
+    if cfg.TEST.CAMERA_NORM.BN:
+        log.warning("TEST.CAMERA_NORM.BN does not apply to `vreid extract --images`: a gallery and its queries are "
+                    "embedded with the model's own batch-norm statistics (docs/retrieval.md)")
     out = Path(cfg.OUTPUT_DIR)
     features = embed_sharded(Embedder(cfg), records, info)
     if features is None:
