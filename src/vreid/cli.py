@@ -266,6 +266,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     where = search_filter(args.camera, args.track, args.time_from, args.time_to)
     with open_gallery(args.index) as gallery:
         if args.features:  # saved query features: no model; a given config still says where retrieval runs
+            if args.query_camera:
+                raise VreidError("--query-camera applies to --image queries: --features queries carry their cameras")
             given = args.config_file or args.opts
             device = retrieval_device(args.device or (_config(args).TEST.RETRIEVAL_DEVICE if given else "auto"))
             queries, results = search_features(gallery, args.features, args.top_k, where, device=device)

@@ -63,6 +63,11 @@ def test_search_reproduces_offline_standardisation_and_repairs_a_camera_offset(t
     assert gallery_info(raw)["camera_norm"] is None and camera_stats(raw) is None
     raw.close()
     norm.close()
+    import sqlite3  # a gallery with statistics is format version 2: a version-1 reader refuses it, not ignores them
+
+    versions = [sqlite3.connect(tmp_path / d / "gallery.db").execute(
+        "SELECT value FROM settings WHERE key = 'version'").fetchone()[0] for d in ("raw", "norm")]
+    assert versions == ["1", "2"]
 
 
 def test_without_calibration_a_query_camera_uses_the_pooled_statistics(tmp_path, two_cameras):
@@ -131,3 +136,10 @@ def test_broken_stored_statistics_are_a_clear_error(tmp_path, two_cameras):
         index.set_metadata("camera_stats", '{"format": "vreid-camera-stats-1", "mode": "center"}')
         with pytest.raises(VreidError, match="broken camera statistics"):
             search_features(index, gallery, 3)
+
+
+def test_query_camera_is_for_image_queries_only(tmp_path, two_cameras, caplog):
+    query, gallery, _, _ = two_cameras
+    build_index(gallery, tmp_path / "g", camera_norm="center").close()
+    assert main(["search", "--index", str(tmp_path / "g"), "--features", str(query), "--query-camera", "q1"]) == 2
+    assert "--features queries carry their cameras" in caplog.text

@@ -56,13 +56,18 @@ def model():
 def test_statistics_inside_are_those_of_the_images_and_the_models_own_come_back(model):
     x = torch.randn(12, 3, 10, 10)
     own = [t.clone() for t in (model.body[1].running_mean, model.body[1].running_var, model.neck.running_var)]
-    with statistics_of(model, iter([x, x[:1]])):  # the batch of one image is skipped
+    model.neck.train()  # mixed modes come back as they were
+    with statistics_of(model, iter([x[:9], x[9:], x[:1]])):  # unequal batches; the batch of one image is skipped
         conv = model.body[0](x)  # written out: the first norm's input, mean and unbiased variance over N, H, W
         assert torch.allclose(model.body[1].running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
         assert torch.allclose(model.body[1].running_var, conv.var(dim=(0, 2, 3), unbiased=True), atol=1e-5)
         assert not model.body[1].training and not model.neck.training
     assert torch.equal(model.body[1].running_mean, own[0]) and torch.equal(model.body[1].running_var, own[1])
-    assert torch.equal(model.neck.running_var, own[2]) and model.neck.momentum == 0.1 and not model.training
+    assert torch.equal(model.neck.running_var, own[2]) and model.neck.momentum == 0.1
+    assert model.neck.training and not model.body[1].training and not model.training
+    with pytest.raises(RuntimeError, match="inside"), statistics_of(model, iter([x])):
+        raise RuntimeError("inside")
+    assert torch.equal(model.body[1].running_mean, own[0])  # restored after an error too
 
 
 def test_a_camera_with_another_gain_and_offset_embeds_the_same_vehicles_alike(tmp_path, model):

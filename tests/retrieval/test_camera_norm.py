@@ -162,3 +162,20 @@ def test_statistics_round_trip_through_json_exactly_and_broken_text_is_named(dat
         stats.apply(x[:, :4], cams)
     with pytest.raises(ValueError, match="center or standardize"):
         CameraStats.fit(x, cams, "none")
+
+
+def test_no_camera_large_enough_and_the_unknown_camera_use_the_pooled_statistics():
+    from vreid.retrieval.camera_norm import CameraStats
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(9, 4)).astype(np.float32) + 50.0  # a large common offset: precision of the spread
+    cams = np.array(["a"] * 4 + ["b"] * 5)
+    out = camera_normalize(x, cams, "standardize", 10)  # no camera reaches 10: every row with all rows' statistics
+    assert np.allclose(out, ref_normalize(x, ["all"] * 9, "standardize", 1), atol=1e-6)
+    unknown = np.array([""] * 5 + ["b"] * 4)  # five rows of unknown camera: still no statistics of their own
+    stats = CameraStats.fit(x, unknown, "standardize", 3)
+    assert stats.cameras == ("b",)
+    x64 = x.astype(np.float64)
+    assert np.allclose(stats.pooled_scale, x64.std(axis=0) + STD_EPS, rtol=1e-12)
+    assert np.allclose(stats.apply(x[:5], unknown[:5]), ref_normalize(x, ["all"] * 9, "standardize", 1)[:5],
+                       atol=1e-6)

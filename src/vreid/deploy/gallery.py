@@ -50,6 +50,7 @@ def build_index(features: str | Path, out: str | Path, overwrite: bool = False, 
     gallery = FeatureSet.load(features)
     if len(gallery) == 0 or gallery.features.ndim != 2:
         raise VreidError(f"{features}: no features to index")
+    check_feature_matrix(gallery.features, features)  # NaN / inf named with the file, before any statistics
     config = Path(features).with_name(MODEL_CONFIG)
     stats = _fit_camera_stats(gallery, features, config if config.is_file() else None, camera_norm, calibration)
     store = create_gallery(out, int(gallery.features.shape[1]), overwrite=overwrite, **options)
@@ -198,6 +199,7 @@ def add_rows(store: Gallery, features: np.ndarray, sightings: Sequence[Sighting]
     """Embedded rows and their sightings into the gallery, normalised with ``stats`` (default: the gallery's own,
     read now; the service passes those it read once)."""
     stats = camera_stats(store) if stats is STORED else stats
+    features = check_feature_matrix(features, store.uri, store.dim)  # a VreidError, before any normalisation
     return store.add(normalize_rows(stats, features, [s.camera_id for s in sightings]), sightings)
 
 
@@ -208,6 +210,7 @@ def search_rows(store: Gallery, queries: np.ndarray, top_k: int, where: SearchFi
     unknown, the pooled statistics) when the gallery has them."""
     stats = camera_stats(store) if stats is STORED else stats
     cameras = [""] * len(queries) if cameras is None else list(cameras)
+    queries = check_feature_matrix(queries, "queries", store.dim)
     return store.search(normalize_rows(stats, queries, cameras), top_k, where, device=device)
 
 

@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from vreid.deploy.backend import BATCH, Batch, Gallery, Hit, Sighting
+from vreid.deploy.backend import BATCH, CAMERA_STATS_KEY, Batch, Gallery, Hit, Sighting
 from vreid.deploy.index import GalleryIndex, SearchFilter, check_options, index_options, unit_rows
 from vreid.errors import VreidError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vreid-gallery-sqlite"
-VERSION = 1
+VERSION = 2  # read up to; 2 = holds camera statistics (older readers must refuse it, not ignore them)
+PLAIN_VERSION = 1  # written by create: a gallery without camera statistics stays readable by version-1 readers
 PAGE_SIZE = 8192  # a 512-d float32 row (2 KiB) and its metadata: three rows to a page
 BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another writer's transaction before failing
 PARAMS = 500  # ids per IN (...) list
@@ -135,7 +136,7 @@ class SqliteGallery(Gallery):
         try:
             with _transaction(db, uri):
                 db.executemany("INSERT OR IGNORE INTO settings VALUES (?, ?)",
-                               [("format", FORMAT), ("version", str(VERSION)), ("dim", str(dim)),
+                               [("format", FORMAT), ("version", str(PLAIN_VERSION)), ("dim", str(dim)),
                                 ("index", json.dumps(options))])
         finally:
             db.close()
@@ -201,6 +202,8 @@ class SqliteGallery(Gallery):
                 self._db.execute("DELETE FROM settings WHERE key = ?", (key,))
             else:
                 self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, text))
+                if key == CAMERA_STATS_KEY:
+                    self._db.execute("INSERT OR REPLACE INTO settings VALUES ('version', ?)", (str(VERSION),))
 
     # ------------------------------------------------------------------------------------------------- reads
     def metadata(self, key: str) -> str | None:

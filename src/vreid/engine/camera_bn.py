@@ -6,8 +6,8 @@ A colour cast or another angle changes the activations of every layer, and a net
 estimated on the training cameras normalises a new camera's activations with the wrong mean and variance from the
 first layer on. Re-estimating them per camera (AdaBN, applied camera by camera as in camera-based batch normalisation)
 puts each camera's activations back where the network's later layers expect them. The weights do not change; the
-statistics of every batch-norm layer (the backbone's and the BNNeck's) are the cumulative average over the camera's
-images, and the model's own are restored afterwards.
+statistics of every batch-norm layer (the backbone's and the BNNeck's) are the mean and variance of its inputs over
+the camera's images, and the model's own are restored afterwards.
 
 Transductive, like the feature normalisation: it reads each camera's unlabelled test images together, so it belongs to
 offline evaluation (``vreid test``, ``vreid extract`` of a dataset's splits, pipelines). A camera with fewer than
@@ -27,12 +27,13 @@ from torch import nn
 
 from vreid.data.images import ImageDataset, collate_images
 from vreid.data.records import ImageRecord
+from vreid.engine.runtime import OnnxModel
 from vreid.errors import ConfigError
 from vreid.features import FeatureSet
 
 log = logging.getLogger(__name__)
 
-POOLED = "(all test images)"  # the group of the cameras too small for statistics of their own
+POOLED = None  # the group of the cameras too small for statistics of their own (never a camera id)
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -41,40 +42,54 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @contextlib.contextmanager
 def statistics_of(model: nn.Module, batches: Iterator[torch.Tensor]) -> Iterator[None]:
-    """Inside the context, every batch-norm layer of ``model`` holds the mean and variance of its inputs over
-    ``batches`` (transformed images, a cumulative average over batches); the model's own statistics and modes are
-    restored on exit. Batches of one image are skipped (a batch-norm layer cannot estimate a variance from one)."""
+    """Inside the context, every batch-norm layer of ``model`` holds the mean and the (unbiased) variance of its
+    inputs over all images of ``batches`` (transformed images; sums accumulated in float64, so batches of any sizes
+    weigh by their images and the spread between batches counts); the model's own statistics and every module's
+    mode are restored on exit. During the pass each layer normalises with its batch's statistics, as in training.
+    Batches of one image are skipped (a batch-norm layer in training mode cannot normalise one)."""
     norms = batch_norms(model)
     if not norms:
         raise ConfigError("TEST.CAMERA_NORM.BN: the model has no batch-norm layers to re-estimate")
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum, m.training)
-             for m in norms]
-    was_training = model.training
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    modes = [(m, m.training) for m in model.modules()]
+    sums: dict[nn.Module, list] = {m: [0.0, 0.0, 0] for m in norms}  # sum, sum of squares (per channel), count
+
+    def accumulate(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)  # channels first
+        acc = sums[module]
+        acc[0], acc[1], acc[2] = acc[0] + x.sum(dim=1), acc[1] + (x * x).sum(dim=1), acc[2] + x.shape[1]
+
+    hooks = [m.register_forward_pre_hook(accumulate) for m in norms]
     try:
         model.eval()
         for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: every batch weighs the same
             m.train()
-        seen = 0
         with torch.no_grad():
             for images in batches:
                 if len(images) > 1:
                     model(images)
-                    seen += len(images)
-        if seen == 0:
-            raise ConfigError("TEST.CAMERA_NORM.BN: no batch of two or more images to estimate statistics from")
+        for h in hooks:
+            h.remove()
+        hooks = []
         for m in norms:
+            total, squares, n = sums[m]
+            if n < 2:
+                raise ConfigError("TEST.CAMERA_NORM.BN: no batch of two or more images to estimate statistics from")
+            mean = total / n
+            var = (squares / n - mean * mean).clamp_min(0.0) * (n / (n - 1))  # unbiased, as batch norm keeps it
+            m.running_mean.copy_(mean.to(m.running_mean.dtype))
+            m.running_var.copy_(var.to(m.running_var.dtype))
             m.eval()
         yield
     finally:
-        for m, (mean, var, count, momentum, training) in zip(norms, saved, strict=True):
+        for h in hooks:
+            h.remove()
+        for m, (mean, var, count) in zip(norms, saved, strict=True):
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
-            m.momentum = momentum
-            m.train(training)
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _batches(records: Sequence[ImageRecord], transform, batch_size: int, device: torch.device, amp_dtype,
@@ -93,10 +108,10 @@ def _batches(records: Sequence[ImageRecord], transform, batch_size: int, device:
         yield images
 
 
-def camera_groups(cameras: Sequence[str], min_images: int) -> dict[str, list[int]]:
+def camera_groups(cameras: Sequence[str], min_images: int) -> dict[str | None, list[int]]:
     """Camera -> indices of its images; cameras with fewer than ``min_images`` (or than 2) images are one group,
     :data:`POOLED`, whose statistics come from every image."""
-    groups: dict[str, list[int]] = {}
+    groups: dict[str | None, list[int]] = {}
     for i, camera in enumerate(cameras):
         groups.setdefault(str(camera), []).append(i)
     small = [c for c, idx in groups.items() if len(idx) < max(min_images, 2)]
@@ -111,7 +126,7 @@ def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_
     """FeatureSets of ``splits`` (e.g. query and gallery), each camera's images embedded with batch-norm statistics
     of that camera's images in all splits together; each split in the order of its records."""
     model, setup = embedder.setup.model, embedder.setup
-    if not isinstance(model, nn.Module):
+    if isinstance(model, OnnxModel) or not isinstance(model, nn.Module):
         raise ConfigError("TEST.CAMERA_NORM.BN needs a PyTorch model (TEST.WEIGHT a .pth/.safetensors file), not an "
                           "ONNX Runtime session")
     names = list(splits)
@@ -128,7 +143,8 @@ def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_
             feats = embedder.embed_records([every[i][2] for i in idx]).features
         for i, f in zip(idx, feats, strict=True):
             rows[f"{every[i][0]}\0{every[i][1]}"] = f
-        log.info("camera batch norm: camera %s, %d images embedded", camera, len(idx))
+        log.info("camera batch norm: %s, %d images embedded", "small cameras together" if camera is POOLED
+                 else f"camera {camera}", len(idx))
     out = {}
     for name in names:
         recs = splits[name]

@@ -12,8 +12,8 @@ In offline evaluation it is transductive, like re-ranking: :func:`camera_normali
 test images of each camera together. A gallery fits them once (:class:`CameraStats`), when it is built, and applies
 them to every image added later and to every query whose camera is known (vreid.deploy.gallery). A camera with fewer
 than ``min_images`` images has no reliable mean of its own and is normalised with the statistics of all images
-instead, so a lone query is never reduced to a near-zero vector. Camera ids are only grouping labels; an unknown
-camera (``""``) is one more group.
+instead, so a lone query is never reduced to a near-zero vector. Camera ids are only grouping labels; images of
+unknown camera (``""``) always use the pooled statistics.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class CameraStats:
     """Per-camera feature statistics, fitted once and applied to any rows whose cameras are known.
 
     ``cameras`` are the cameras with at least ``min_images`` fitted rows, each with its own ``means`` / ``scales``
-    row; rows of any other camera (a small one, an unknown one, ``""``) use the pooled statistics of all fitted rows.
+    row; rows of any other camera (a small one, one never fitted, and the unknown camera ``""`` however many rows it
+    has) use the pooled statistics of all fitted rows.
     Offline evaluation fits and applies on the same test set (:func:`camera_normalize`); a gallery fits once on its
     images and applies the same statistics to every image added later and to every query (docs/retrieval.md)."""
 
@@ -63,8 +64,8 @@ class CameraStats:
     def fit(cls, features: np.ndarray, camera_ids: Sequence, mode: str = "center",
             min_images: int = 10) -> CameraStats:
         """Each camera's mean and per-dimension standard deviation in float64, one camera's rows at a time (the
-        float64 copy stays the size of one camera); the pooled ones from the cameras' moments, without a copy of
-        the whole set."""
+        float64 copy stays the size of one camera, two passes over it); the pooled ones combined from the cameras'
+        moments, without a copy of the whole set."""
         if mode not in CAMERA_NORMS or mode == "none":
             raise ValueError(f"camera statistics need mode center or standardize, got {mode!r}")
         if min_images < 1:
@@ -73,24 +74,29 @@ class CameraStats:
         cams = _camera_array(camera_ids, len(x))
         if len(x) == 0:
             raise ValueError("camera statistics need at least one feature row")
-        names, counts, means, squares = [], [], [], []
+        names, counts, means, m2s = [], [], [], []  # per camera: rows, mean, sum of squared deviations
         for camera in np.unique(cams):
             rows = x[cams == camera].astype(np.float64)
+            mean = rows.mean(axis=0)
+            rows -= mean  # in place: two passes over the camera's own copy, no E[x^2] - mean^2 cancellation
             names.append(str(camera))
             counts.append(len(rows))
-            means.append(rows.mean(axis=0))
-            squares.append(np.einsum("ij,ij->j", rows, rows) / len(rows))
+            means.append(mean)
+            m2s.append(np.einsum("ij,ij->j", rows, rows))
+        dim = x.shape[1]
         n = np.asarray(counts, np.float64)[:, None]
         mean_all = (n * np.asarray(means)).sum(axis=0) / n.sum()
-        var_all = np.maximum((n * np.asarray(squares)).sum(axis=0) / n.sum() - mean_all**2, 0.0)
-        own = [i for i, c in enumerate(counts) if c >= min_images]
-        var_own = np.maximum(np.asarray(squares)[own] - np.asarray(means)[own] ** 2, 0.0).reshape(len(own), -1)
+        # the pooled spread from the cameras' (Chan et al.'s combination of partial moments)
+        var_all = (np.asarray(m2s) + n * (np.asarray(means) - mean_all) ** 2).sum(axis=0) / n.sum()
+        # the unknown camera "" never has statistics of its own: its rows and queries without a camera use the pooled
+        own = [i for i, (c, k) in enumerate(zip(names, counts, strict=True)) if k >= min_images and c != ""]
+        var_own = (np.asarray(m2s)[own] / n[own]).reshape(len(own), dim)
 
         def scale(var: np.ndarray) -> np.ndarray:
             return np.sqrt(var) + STD_EPS if mode == "standardize" else np.ones_like(var)
 
         return cls(mode, min_images, tuple(names[i] for i in own), tuple(counts[i] for i in own),
-                   np.asarray(means)[own].reshape(len(own), -1), scale(var_own), mean_all, scale(var_all),
+                   np.asarray(means)[own].reshape(len(own), dim), scale(var_own), mean_all, scale(var_all),
                    int(n.sum()))
 
     def apply(self, features: np.ndarray, camera_ids: Sequence) -> np.ndarray:
