@@ -128,7 +128,7 @@ def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_
     model, setup = embedder.setup.model, embedder.setup
     if isinstance(model, OnnxModel) or not isinstance(model, nn.Module):
         raise ConfigError("TEST.CAMERA_NORM.BN needs a PyTorch model (TEST.WEIGHT a .pth/.safetensors file), not an "
-                          "ONNX Runtime session")
+                          "ONNX Runtime session: give the .pth weights, or TEST.CAMERA_NORM.BN False")
     names = list(splits)
     every = [(name, j, r) for name in names for j, r in enumerate(splits[name])]
     groups = camera_groups([r.camera_id or "" for _, _, r in every], min_images)
