@@ -28,6 +28,9 @@ the highest-numbered vehicles of each type (the end of the recording). No figure
     python benchmarks/vehicle2cam_shift.py --work /tmp/v2c --splits seed0,seed1,tail --seeds 1 \
         --recipes 'shipped/center;ens:shipped/center+shipped/center@1' --proxies plain,blur,colour,view
 
+``A+test:K=V`` re-tests recipe A's models with config overrides, e.g. ``shipped+test:TEST.CAMERA_NORM.BN=True``
+(batch-norm statistics re-estimated per camera, one more extraction pass).
+
 A recipe ``A/P`` post-processes recipe A's saved test features with P's ``TEST`` keys (``POST``: ``center`` and
 ``std``, per-camera feature normalisation), through the same code as ``vreid test``, without extracting again.
 
