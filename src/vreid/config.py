@@ -152,6 +152,7 @@ _C.TEST.CAMERA_NORM = CN()
 _C.TEST.CAMERA_NORM.MODE = "none"  # per-camera feature normalisation before distances: none | center | standardize
 _C.TEST.CAMERA_NORM.MIN_IMAGES = 10  # a camera with fewer test images uses the statistics of all images
 _C.TEST.CAMERA_NORM.BN = False  # re-estimate batch-norm statistics on each camera's test images before embedding them
+_C.TEST.CAMERA_NORM.BN_WEIGHT = 1.0  # (0, 1]: share of the camera's statistics, the rest the model's own
 _C.TEST.QE = CN()
 _C.TEST.QE.ENABLED = False  # alpha query expansion with the top gallery neighbours
 _C.TEST.QE.TOP_K = 5  # neighbours averaged into each query

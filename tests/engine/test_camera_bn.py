@@ -65,6 +65,13 @@ def test_statistics_inside_are_those_of_the_images_and_the_models_own_come_back(
     assert torch.equal(model.body[1].running_mean, own[0]) and torch.equal(model.body[1].running_var, own[1])
     assert torch.equal(model.neck.running_var, own[2]) and model.neck.momentum == 0.1
     assert model.neck.training and not model.body[1].training and not model.training
+    with statistics_of(model, iter([x]), weight=0.25):  # a quarter the images', three quarters the model's own
+        conv = model.body[0](x).double()
+        m_c, v_c = conv.mean(dim=(0, 2, 3)), conv.var(dim=(0, 2, 3), unbiased=True)
+        m_o, v_o = own[0].double(), own[1].double()
+        mixture_var = 0.25 * v_c + 0.75 * v_o + 0.25 * 0.75 * (m_c - m_o) ** 2  # the variance of the mixture
+        assert torch.allclose(model.body[1].running_mean.double(), 0.25 * m_c + 0.75 * m_o, atol=1e-5)
+        assert torch.allclose(model.body[1].running_var.double(), mixture_var, atol=1e-5)
     with pytest.raises(RuntimeError, match="inside"), statistics_of(model, iter([x])):
         raise RuntimeError("inside")
     assert torch.equal(model.body[1].running_mean, own[0])  # restored after an error too

@@ -41,12 +41,15 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @contextlib.contextmanager
-def statistics_of(model: nn.Module, batches: Iterator[torch.Tensor]) -> Iterator[None]:
+def statistics_of(model: nn.Module, batches: Iterator[torch.Tensor], weight: float = 1.0) -> Iterator[None]:
     """Inside the context, every batch-norm layer of ``model`` holds the mean and the (unbiased) variance of its
     inputs over all images of ``batches`` (transformed images; sums accumulated in float64, so batches of any sizes
     weigh by their images and the spread between batches counts); the model's own statistics and every module's
     mode are restored on exit. During the pass each layer normalises with its batch's statistics, as in training.
-    Batches of one image are skipped (a batch-norm layer in training mode cannot normalise one)."""
+    Batches of one image are skipped (a batch-norm layer in training mode cannot normalise one).
+
+    ``weight`` < 1 mixes the images' statistics with the model's own: the mean and variance of the mixture that
+    draws a fraction ``weight`` of its inputs from these images and the rest from the training distribution."""
     norms = batch_norms(model)
     if not norms:
         raise ConfigError("TEST.CAMERA_NORM.BN: the model has no batch-norm layers to re-estimate")
@@ -77,6 +80,10 @@ def statistics_of(model: nn.Module, batches: Iterator[torch.Tensor]) -> Iterator
                 raise ConfigError("TEST.CAMERA_NORM.BN: no batch of two or more images to estimate statistics from")
             mean = total / n
             var = (squares / n - mean * mean).clamp_min(0.0) * (n / (n - 1))  # unbiased, as batch norm keeps it
+            if weight < 1.0:
+                own_mean, own_var = (t.double() for t in saved[norms.index(m)][:2])
+                var = weight * var + (1 - weight) * own_var + weight * (1 - weight) * (mean - own_mean) ** 2
+                mean = weight * mean + (1 - weight) * own_mean
             m.running_mean.copy_(mean.to(m.running_mean.dtype))
             m.running_var.copy_(var.to(m.running_var.dtype))
             m.eval()
@@ -122,7 +129,8 @@ def camera_groups(cameras: Sequence[str], min_images: int) -> dict[str | None, l
     return groups
 
 
-def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_images: int) -> dict[str, FeatureSet]:
+def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_images: int,
+                     weight: float = 1.0) -> dict[str, FeatureSet]:
     """FeatureSets of ``splits`` (e.g. query and gallery), each camera's images embedded with batch-norm statistics
     of that camera's images in all splits together; each split in the order of its records."""
     model, setup = embedder.setup.model, embedder.setup
@@ -139,7 +147,7 @@ def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_
         batches = _batches(estimate, embedder.transform, embedder.batch_size, setup.device,
                            num_workers=embedder.num_workers, **per)
         autocast = torch.autocast(setup.device.type, dtype=per["amp_dtype"], enabled=per["amp_dtype"] is not None)
-        with autocast, statistics_of(model, batches):  # statistics estimated on entry, the model's own back on exit
+        with autocast, statistics_of(model, batches, weight):  # statistics estimated on entry, the model's own back on exit
             feats = embedder.embed_records([every[i][2] for i in idx]).features
         for i, f in zip(idx, feats, strict=True):
             rows[f"{every[i][0]}\0{every[i][1]}"] = f

@@ -55,6 +55,8 @@ def check_test_config(cfg) -> None:
     check_choice(cfg, "TEST.CAMERA_NORM.MODE", CAMERA_NORMS)
     if cfg.TEST.CAMERA_NORM.MIN_IMAGES < 1:
         raise ConfigError(f"TEST.CAMERA_NORM.MIN_IMAGES must be >= 1, got {cfg.TEST.CAMERA_NORM.MIN_IMAGES}")
+    if not 0.0 < cfg.TEST.CAMERA_NORM.BN_WEIGHT <= 1.0:
+        raise ConfigError(f"TEST.CAMERA_NORM.BN_WEIGHT must be in (0, 1], got {cfg.TEST.CAMERA_NORM.BN_WEIGHT}")
 
 
 def with_rerank(cfg):

@@ -54,7 +54,7 @@ def extract_splits(
     if cfg.TEST.CAMERA_NORM.BN:  # every camera's images of all splits together: one process does it all
         if info.distributed:
             raise ConfigError("TEST.CAMERA_NORM.BN is not supported under torchrun: run `vreid test` in one process")
-        return embed_per_camera(embedder, records, cfg.TEST.CAMERA_NORM.MIN_IMAGES)
+        return embed_per_camera(embedder, records, cfg.TEST.CAMERA_NORM.MIN_IMAGES, cfg.TEST.CAMERA_NORM.BN_WEIGHT)
     out = {split: embed_sharded(embedder, recs, info) for split, recs in records.items()}
     return {split: fs for split, fs in out.items() if fs is not None}
 
