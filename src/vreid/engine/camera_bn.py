@@ -147,7 +147,7 @@ def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_
         batches = _batches(estimate, embedder.transform, embedder.batch_size, setup.device,
                            num_workers=embedder.num_workers, **per)
         autocast = torch.autocast(setup.device.type, dtype=per["amp_dtype"], enabled=per["amp_dtype"] is not None)
-        with autocast, statistics_of(model, batches, weight):  # estimated on entry, the own back on exit
+        with autocast, statistics_of(model, batches, weight):  # estimated on entry, restored on exit
             feats = embedder.embed_records([every[i][2] for i in idx]).features
         for i, f in zip(idx, feats, strict=True):
             rows[f"{every[i][0]}\0{every[i][1]}"] = f
