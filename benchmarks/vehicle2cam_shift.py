@@ -269,7 +269,7 @@ ENSEMBLE = "ens:"
 def parse_ensemble(recipe: str) -> list[tuple[str, int]]:
     """``ens:A+B@1`` -> [("A", 0), ("B", 1)]: member recipes and their seed offsets."""
     members = []
-    for item in recipe.removeprefix(ENSEMBLE).split("+"):
+    for item in re.split(r"\+(?!test:)", recipe.removeprefix(ENSEMBLE)):  # "A+test:K=V" is one member
         name, _, offset = item.partition("@")
         parse_recipe(name)
         if offset and not offset.isdigit():
