@@ -155,6 +155,7 @@ def test_statistics_round_trip_through_json_exactly_and_broken_text_is_named(dat
         assert np.array_equal(a, b)
     assert np.array_equal(stats.apply(x, cams), back.apply(x, cams))
     text = stats.to_json()
+    assert len(text) < 0.6 * len(CameraStats.fit(x, cams, "standardize", 5).to_json())  # center stores no scales
     for broken in ("{", text.replace('"center"', '"sideways"'), text.replace('"dim": 8', '"dim": 7'), "[]"):
         with pytest.raises(ValueError, match="g.db: broken camera statistics"):
             CameraStats.from_json(broken, "g.db")

@@ -129,10 +129,11 @@ class CameraStats:
         def arr(a: np.ndarray) -> str:
             return base64.b64encode(np.ascontiguousarray(a, "<f8").tobytes()).decode("ascii")
 
+        scales = {"scales": arr(self.scales), "pooled_scale": arr(self.pooled_scale)} if self.mode == "standardize" \
+            else {}  # center: the scales are ones, not stored (half the text)
         return json.dumps({"format": STATS_FORMAT, "mode": self.mode, "min_images": self.min_images, "dim": self.dim,
                            "cameras": list(self.cameras), "counts": list(self.counts), "means": arr(self.means),
-                           "scales": arr(self.scales), "pooled_mean": arr(self.pooled_mean),
-                           "pooled_scale": arr(self.pooled_scale), "pooled_count": self.pooled_count})
+                           "pooled_mean": arr(self.pooled_mean), "pooled_count": self.pooled_count, **scales})
 
     @classmethod
     def from_json(cls, text: str, where: str) -> CameraStats:
@@ -144,6 +145,8 @@ class CameraStats:
             dim, cameras, counts = int(d["dim"]), [str(c) for c in d["cameras"]], [int(c) for c in d["counts"]]
 
             def arr(key: str, rows: int | None) -> np.ndarray:
+                if key not in d and key in ("scales", "pooled_scale") and d.get("mode") == "center":
+                    return np.ones(dim if rows is None else (rows, dim))
                 a = np.frombuffer(base64.b64decode(d[key], validate=True), "<f8").astype(np.float64)
                 return a.reshape(dim) if rows is None else a.reshape(rows, dim)
 
