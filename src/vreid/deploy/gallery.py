@@ -189,9 +189,7 @@ def _sightings(gallery: FeatureSet, captured_at: float | None = None,
 
 def _add(store: Gallery, gallery: FeatureSet, captured_at: float | None = None,
          attributes: Mapping[str, Any] | None = None, stats: CameraStats | None = STORED) -> list[int]:
-    stats = camera_stats(store) if stats is STORED else stats
-    features = normalize_rows(stats, np.asarray(gallery.features), [str(c) for c in gallery.camera_ids])
-    return store.add(features, _sightings(gallery, captured_at, attributes))
+    return add_rows(store, np.asarray(gallery.features), _sightings(gallery, captured_at, attributes), stats)
 
 
 def add_rows(store: Gallery, features: np.ndarray, sightings: Sequence[Sighting],

@@ -99,10 +99,10 @@ def statistics_of(model: nn.Module, batches: Iterator[torch.Tensor], weight: flo
             module.training = training
 
 
-def _batches(records: Sequence[ImageRecord], transform, batch_size: int, device: torch.device, amp_dtype,
+def _batches(records: Sequence[ImageRecord], transform, batch_size: int, device: torch.device,
              channels_last: bool, num_workers: int) -> Iterator[torch.Tensor]:
     """The test-transformed images of ``records``, batch by batch, on ``device`` (as extraction feeds the model);
-    the forward passes run under the extraction's autocast."""
+    the caller runs the forward passes under the extraction's autocast."""
     per_image, per_batch = getattr(transform, "per_image", transform), getattr(transform, "per_batch", None)
     loader = torch.utils.data.DataLoader(ImageDataset(records, per_image), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=collate_images)
@@ -140,22 +140,22 @@ def embed_per_camera(embedder, splits: Mapping[str, Sequence[ImageRecord]], min_
     names = list(splits)
     every = [(name, j, r) for name in names for j, r in enumerate(splits[name])]
     groups = camera_groups([r.camera_id or "" for _, _, r in every], min_images)
-    rows: dict[str, np.ndarray] = {}
-    per = {"amp_dtype": setup.options["amp_dtype"], "channels_last": setup.options["channels_last"]}
+    rows: dict[tuple[str, int], np.ndarray] = {}  # (split, row) -> feature
+    amp = setup.options["amp_dtype"]
     for camera, idx in groups.items():
         estimate = [r for _, _, r in every] if camera == POOLED else [every[i][2] for i in idx]
         batches = _batches(estimate, embedder.transform, embedder.batch_size, setup.device,
-                           num_workers=embedder.num_workers, **per)
-        autocast = torch.autocast(setup.device.type, dtype=per["amp_dtype"], enabled=per["amp_dtype"] is not None)
+                           setup.options["channels_last"], embedder.num_workers)
+        autocast = torch.autocast(setup.device.type, dtype=amp, enabled=amp is not None)
         with autocast, statistics_of(model, batches, weight):  # estimated on entry, restored on exit
             feats = embedder.embed_records([every[i][2] for i in idx]).features
         for i, f in zip(idx, feats, strict=True):
-            rows[f"{every[i][0]}\0{every[i][1]}"] = f
+            rows[every[i][:2]] = f
         log.info("camera batch norm: %s, %d images embedded", "small cameras together" if camera is POOLED
                  else f"camera {camera}", len(idx))
     out = {}
     for name in names:
         recs = splits[name]
-        feats = np.stack([rows[f"{name}\0{j}"] for j in range(len(recs))]) if recs else np.zeros((0, 0), np.float32)
+        feats = np.stack([rows[name, j] for j in range(len(recs))]) if recs else np.zeros((0, 0), np.float32)
         out[name] = FeatureSet.from_records(feats.astype(np.float32), recs)
     return out
